@@ -1,0 +1,168 @@
+"""``precise-baa`` command line: a thin layer over the library.
+
+Commands are declared here; heavy modules (torch, mmdet) are imported only when a command
+runs, so table-only commands (``stage-score``, ``--help``) start fast. Stage packages add their
+``train`` / ``evaluate`` sub-commands from their own light ``cli.py`` (argparse only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from collections.abc import Sequence
+
+# Modules that contribute sub-commands: each may define add_train(sub), add_evaluate(sub) and
+# add_commands(top) using only argparse at import time.
+_CONTRIBUTORS = (
+    "precise_baa.synth.cli",
+    "precise_baa.segment.cli",
+    "precise_baa.detect.cli",
+    "precise_baa.grade.cli",
+    "precise_baa.batch_cli",
+)
+
+
+def handler(target: str):
+    """``"module:function"`` resolved when the command runs (keeps start-up light)."""
+
+    def run(args: argparse.Namespace) -> int | None:
+        module, func = target.split(":")
+        return getattr(importlib.import_module(module), func)(args)
+
+    return run
+
+
+# --------------------------------------------------------------------------------------------
+def parse_stages_arg(text: str) -> dict[str, str]:
+    """``"radius=7,ulna=5,..."`` -> ``{"radius": "7", ...}``; duplicates and bad items are errors."""
+    from .errors import InputError
+
+    out: dict[str, str] = {}
+    for item in (t.strip() for t in text.split(",")):
+        if not item:
+            continue
+        key, sep, value = item.partition("=")
+        key, value = key.strip(), value.strip()
+        if not sep or not key or not value:
+            raise InputError(f"bad --stages item {item!r}: expected ROI=STAGE, e.g. radius=7")
+        if key in out:
+            raise InputError(f"ROI {key!r} given twice in --stages")
+        out[key] = value
+    return out
+
+
+def cmd_stage_score(args: argparse.Namespace) -> int:
+    from .score import create_scorer
+
+    scorer = create_scorer(args.standard, implementation=args.scorer,
+                           deviation_threshold_years=args.threshold)
+    result = scorer.score(parse_stages_arg(args.stages), args.sex, args.age)
+    out = result.model_dump(mode="json", exclude_none=True)
+    print(json.dumps(out, indent=2 if args.pretty else None))
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from . import __version__
+    from .registry import STAGES, implementations
+
+    print(f"precise-baa {__version__}")
+    for stage in STAGES:
+        try:
+            names = ", ".join(sorted(implementations(stage)))
+        except Exception as e:  # a stage whose stack does not import says why
+            names = f"unavailable ({type(e).__name__}: {e})"
+        print(f"  {stage:8s} {names}")
+    if args.stack:
+        import importlib.metadata as md
+
+        for pkg in ("torch", "torchvision", "segmentation-models-pytorch", "timm", "mmcv",
+                    "mmengine", "mmdet", "opencv-python", "pydicom", "safetensors"):
+            try:
+                print(f"  {pkg:28s} {md.version(pkg)}")
+            except md.PackageNotFoundError:
+                print(f"  {pkg:28s} not installed")
+        try:
+            from mmcv.ops import SAConv2d, RoIAlign, nms  # noqa: F401
+
+            print("  mmcv compiled ops            ok")
+        except Exception as e:
+            print(f"  mmcv compiled ops            missing ({e})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="precise-baa",
+        description="Bone age assessment from hand radiographs (segment -> detect -> grade -> score).",
+    )
+    p.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    s = sub.add_parser("stage-score", help="score 13 per-bone stages into a bone age (stage 4 only)",
+                       description="Score 13 per-bone maturity stages into a maturity score and bone age.")
+    s.add_argument("--standard", default="rus-chn", choices=["rus-chn", "tw3"])
+    s.add_argument("--scorer", default="table", choices=["table", "levels"],
+                   help="table: the standard's points (default); levels: plain sum of stage indices")
+    s.add_argument("--sex", required=True, help="M or F (male/female)")
+    s.add_argument("--stages", required=True,
+                   help="all 13 ROIs as ROI=STAGE, comma separated: radius=7,ulna=5,mc1=...,dp5=6 "
+                        "(TW3 also takes letters A-I)")
+    s.add_argument("--age", type=float, default=None, help="chronological age in years (optional)")
+    s.add_argument("--threshold", type=float, default=2.0,
+                   help="flag |bone age - age| beyond this many years (default 2)")
+    s.add_argument("--pretty", action="store_true", help="indent the JSON")
+    s.set_defaults(func=cmd_stage_score)
+
+    i = sub.add_parser("info", help="version, registered stage implementations, installed stack")
+    i.add_argument("--stack", action="store_true", help="also check torch / mmcv ops / mmdet")
+    i.set_defaults(func=cmd_info)
+
+    train = sub.add_parser("train", help="train one stage on your data (see: train STAGE --help)")
+    train_sub = train.add_subparsers(dest="stage", metavar="STAGE", required=True)
+    evaluate = sub.add_parser("evaluate", help="evaluate one stage or the whole pipeline")
+    eval_sub = evaluate.add_subparsers(dest="stage", metavar="STAGE", required=True)
+    for name in _CONTRIBUTORS:
+        try:
+            mod = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if not (e.name and name.startswith(e.name)):
+                raise
+            continue
+        if hasattr(mod, "add_commands"):
+            mod.add_commands(sub)
+        if hasattr(mod, "add_train"):
+            mod.add_train(train_sub)
+        if hasattr(mod, "add_evaluate"):
+            mod.add_evaluate(eval_sub)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from .errors import PreciseBaaError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.version:
+        from . import __version__
+
+        print(__version__)
+        return 0
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        rc = args.func(args)
+    except PreciseBaaError as e:
+        print(f"precise-baa: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("precise-baa: interrupted", file=sys.stderr)
+        return 130
+    return int(rc or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,177 @@
+"""Labelled datasets: the COCO manifest shared by stages 2-4, and segmentation pairs.
+
+COCO manifest (one per dataset)::
+
+    {"images": [{"id": 1, "file_name": "hand_001.png", "width": W, "height": H,
+                 "sex": "F", "chronological_age": 9.5, "bone_age": 10.1,
+                 "mask_file": "masks/hand_001.png"  (optional)}, ...],
+     "categories": [{"id": 1, "name": "radius"}, ... 13 ROI keys ...],
+     "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [x, y, w, h],
+                      "area": w*h, "iscrowd": 0, "stage": 7, "stage_tw3": 4 (optional)}, ...]}
+
+``file_name`` is relative to the images folder given alongside the manifest.
+
+Segmentation pairs: ``DIR/images/NAME.png`` with ``DIR/masks/NAME.png`` (any non-zero pixel is
+hand), or a COCO manifest whose images carry ``mask_file`` (relative to the manifest's folder).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import InputError
+from .rois import ROI_KEYS, num_stages
+from .schemas import Box, parse_sex
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    id: int
+    path: Path
+    width: int
+    height: int
+    sex: str | None = None
+    chronological_age: float | None = None
+    bone_age: float | None = None
+    mask_path: Path | None = None
+    boxes: dict[str, Box] = field(default_factory=dict)
+    stages: dict[str, int] = field(default_factory=dict)  # RUS-CHN
+    stages_tw3: dict[str, int] = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.path.stem
+
+    def stages_for(self, standard: str) -> dict[str, int]:
+        return self.stages if standard == "rus-chn" else self.stages_tw3
+
+
+@dataclass(frozen=True)
+class CocoManifest:
+    path: Path
+    images_dir: Path
+    records: list[ImageRecord]
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def split(self, val_fraction: float, seed: int = 0) -> tuple[list[ImageRecord], list[ImageRecord]]:
+        return split_records(self.records, val_fraction, seed)
+
+
+def split_records(records: list, val_fraction: float, seed: int = 0) -> tuple[list, list]:
+    """Deterministic train/val split by image (never by ROI: crops of one hand stay together)."""
+    if not 0.0 <= val_fraction < 1.0:
+        raise InputError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    order = list(range(len(records)))
+    random.Random(seed).shuffle(order)
+    n_val = int(round(len(records) * val_fraction))
+    if val_fraction > 0 and len(records) >= 2:
+        n_val = min(max(1, n_val), len(records) - 1)
+    val_idx = set(order[:n_val])
+    return (
+        [r for i, r in enumerate(records) if i not in val_idx],
+        [r for i, r in enumerate(records) if i in val_idx],
+    )
+
+
+def load_coco(path: str | Path, images_dir: str | Path | None = None, require_stages: bool = False) -> CocoManifest:
+    """Read and check a COCO manifest; errors name the file and the offending entry."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: COCO manifest not found")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise InputError(f"{path}: not valid JSON ({e})") from None
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(data.get(key), list):
+            raise InputError(f"{path}: missing list {key!r} (a COCO manifest is expected)")
+    images_dir = Path(images_dir) if images_dir is not None else path.parent / "images"
+    cats = {}
+    for c in data["categories"]:
+        if c.get("name") not in ROI_KEYS:
+            raise InputError(f"{path}: category {c.get('name')!r} is not an ROI key ({', '.join(ROI_KEYS)})")
+        cats[c["id"]] = c["name"]
+    boxes: dict[int, dict[str, Box]] = {}
+    stages: dict[int, dict[str, int]] = {}
+    stages_tw3: dict[int, dict[str, int]] = {}
+    image_ids = {im["id"] for im in data["images"]}
+    for a in data["annotations"]:
+        where = f"{path}: annotation {a.get('id')}"
+        if a.get("image_id") not in image_ids:
+            raise InputError(f"{where}: image_id {a.get('image_id')} is not in images")
+        key = cats.get(a.get("category_id"))
+        if key is None:
+            raise InputError(f"{where}: unknown category_id {a.get('category_id')}")
+        x, y, w, h = (float(v) for v in a["bbox"])
+        if w <= 0 or h <= 0:
+            raise InputError(f"{where}: empty bbox {a['bbox']}")
+        if key in boxes.setdefault(a["image_id"], {}):
+            raise InputError(f"{where}: second {key} box in image {a['image_id']} (one per ROI)")
+        boxes[a["image_id"]][key] = Box(x0=x, y0=y, x1=x + w, y1=y + h)
+        for field_name, std, store in (("stage", "rus-chn", stages), ("stage_tw3", "tw3", stages_tw3)):
+            if a.get(field_name) is None:
+                continue
+            s = int(a[field_name])
+            if not 0 <= s < num_stages(key, std):
+                raise InputError(f"{where}: {field_name} {s} out of range for {key} (0..{num_stages(key, std) - 1})")
+            store.setdefault(a["image_id"], {})[key] = s
+    records = []
+    for im in data["images"]:
+        where = f"{path}: image {im.get('id')} ({im.get('file_name')})"
+        sex = im.get("sex")
+        try:
+            sex = parse_sex(sex) if sex is not None else None
+        except InputError as e:
+            raise InputError(f"{where}: {e}") from None
+        st = stages.get(im["id"], {})
+        if require_stages and len(st) != len(ROI_KEYS):
+            missing = [k for k in ROI_KEYS if k not in st]
+            raise InputError(f"{where}: no stage for {', '.join(missing)}")
+        mask = im.get("mask_file")
+        records.append(ImageRecord(
+            id=int(im["id"]),
+            path=images_dir / im["file_name"],
+            width=int(im.get("width", 0)),
+            height=int(im.get("height", 0)),
+            sex=sex,
+            chronological_age=im.get("chronological_age"),
+            bone_age=im.get("bone_age"),
+            mask_path=(path.parent / mask) if mask else None,
+            boxes=boxes.get(im["id"], {}),
+            stages=st,
+            stages_tw3=stages_tw3.get(im["id"], {}),
+            extra={k: v for k, v in im.items() if k not in {
+                "id", "file_name", "width", "height", "sex", "chronological_age", "bone_age", "mask_file"}},
+        ))
+    return CocoManifest(path, images_dir, records)
+
+
+def segmentation_pairs(data: str | Path) -> list[tuple[Path, Path]]:
+    """``(image, mask)`` pairs from ``DIR/images`` + ``DIR/masks`` or a COCO manifest with masks."""
+    data = Path(data)
+    if data.is_file() and data.suffix == ".json":
+        manifest = load_coco(data)
+        pairs = [(r.path, r.mask_path) for r in manifest.records if r.mask_path is not None]
+        if not pairs:
+            raise InputError(f"{data}: no image carries a 'mask_file'")
+        return pairs
+    images, masks = data / "images", data / "masks"
+    if not images.is_dir() or not masks.is_dir():
+        raise InputError(f"{data}: expected folders images/ and masks/ (same file names), "
+                         "or a COCO manifest whose images have 'mask_file'")
+    pairs = []
+    for img in sorted(p for p in images.iterdir() if not p.name.startswith(".")):
+        cands = [masks / img.name, masks / (img.stem + ".png")]
+        mask = next((m for m in cands if m.is_file()), None)
+        if mask is None:
+            raise InputError(f"{img}: no mask {masks / (img.stem + '.png')}")
+        pairs.append((img, mask))
+    if not pairs:
+        raise InputError(f"{images}: no images")
+    return pairs

@@ -1,0 +1,20 @@
+"""Stage 4: maturity scoring by RUS-CHN (default), TW3, or the paper's stage-index "levels"."""
+
+from __future__ import annotations
+
+from .scorers import LevelsScorer, ScoreRecipe, TableScorer, parse_stage_value
+from .tables import StandardTables, load_tables
+
+RECIPE_MODEL = ScoreRecipe
+
+
+def create_scorer(standard: str = "rus-chn", implementation: str = "table", **kwargs) -> TableScorer:
+    """A scorer by standard name: ``create_scorer("tw3")``, ``create_scorer(implementation="levels")``."""
+    recipe = ScoreRecipe(implementation=implementation, standard=standard, **kwargs)
+    return LevelsScorer(recipe) if implementation == "levels" else TableScorer(recipe)
+
+
+__all__ = [
+    "RECIPE_MODEL", "LevelsScorer", "ScoreRecipe", "StandardTables", "TableScorer",
+    "create_scorer", "load_tables", "parse_stage_value",
+]

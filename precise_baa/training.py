@@ -1,0 +1,131 @@
+"""The one training loop shared by the torch-native stages (segment, grade).
+
+Detection trains through mmengine's Runner (see :mod:`precise_baa.detect.train`); everything
+else calls :func:`fit`: AdamW + cosine schedule, a tqdm progress bar, validation every epoch,
+the best checkpoint (by a validation metric) written as a weights folder, the last one kept
+too, and ``history.json`` updated after every epoch so an interrupted run loses nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def pick_device(device: str | None = None) -> str:
+    """``device`` if given, else ``cuda`` when available, else ``cpu``."""
+    import torch
+
+    if device and device != "auto":
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise RuntimeError(f"device {device!r} requested but no CUDA device is available")
+        return device
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def seed_everything(seed: int) -> None:
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+@dataclass
+class FitResult:
+    out_dir: Path
+    best_metric: float
+    best_epoch: int
+    history: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def fit(
+    model,
+    train_batches: Callable[[int], Iterable[Any]],
+    loss_fn: Callable[[Any, Any], Any],
+    validate: Callable[[Any], dict[str, float]],
+    *,
+    metric: str,
+    out_dir: str | Path,
+    recipe: Any,
+    card: dict[str, Any] | None = None,
+    epochs: int = 10,
+    lr: float = 1e-3,
+    weight_decay: float = 1e-4,
+    device: str = "cpu",
+    steps_per_epoch: int | None = None,
+    higher_is_better: bool = True,
+    progress: bool = True,
+    grad_clip: float | None = 5.0,
+) -> FitResult:
+    """Train ``model``; write the best weights folder to ``out_dir``, the last to ``out_dir/last``.
+
+    ``train_batches(epoch)`` yields batches; ``loss_fn(model, batch)`` returns a scalar tensor;
+    ``validate(model)`` returns metrics including ``metric``.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    from .weights import save_weights
+
+    out_dir = Path(out_dir)
+    model.to(device)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr,
+                            weight_decay=weight_decay)
+    total = max(1, epochs * (steps_per_epoch or 1))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total) / total)) * 0.98 + 0.02
+    )
+    history: list[dict[str, Any]] = []
+    best, best_epoch = (-math.inf if higher_is_better else math.inf), -1
+    t0 = time.time()
+    card = dict(card or {})
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for epoch in range(epochs):
+        model.train()
+        losses = []
+        bar = tqdm(train_batches(epoch), total=steps_per_epoch, disable=not progress,
+                   desc=f"epoch {epoch + 1}/{epochs}", unit="batch", leave=False)
+        for batch in bar:
+            loss = loss_fn(model, batch)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch + 1}; "
+                                         "lower the learning rate")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            opt.step()
+            sched.step()
+            losses.append(float(loss.detach()))
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
+        model.eval()
+        with torch.inference_mode():
+            metrics = {k: float(v) for k, v in validate(model).items()}
+        row = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else None,
+               "seconds": round(time.time() - t0, 1), **metrics}
+        history.append(row)
+        value = metrics[metric]
+        improved = value > best if higher_is_better else value < best
+        state = model.state_dict()
+        if improved:
+            best, best_epoch = value, epoch + 1
+            save_weights(out_dir, state, recipe, card={
+                **card, "metrics": {**metrics, "epoch": epoch + 1}, "history": history})
+        save_weights(out_dir / "last", state, recipe, card={
+            **card, "metrics": {**metrics, "epoch": epoch + 1}})
+        (out_dir / "history.json").write_text(json.dumps(history, indent=2) + "\n")
+        if progress:
+            shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+            tqdm.write(f"epoch {epoch + 1}/{epochs}: loss {row['train_loss']:.4f}, {shown}"
+                       f"{'  (best)' if improved else ''}")
+    return FitResult(out_dir, best, best_epoch, history, time.time() - t0)

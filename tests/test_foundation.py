@@ -1,0 +1,125 @@
+"""Recipes, registry, weights folders, CLI start-up."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from precise_baa.errors import RecipeError, WeightsError
+from precise_baa.registry import load_stage, parse_recipe, read_recipe
+from precise_baa.schemas import Assessment, Box, RoiResult, parse_sex
+from precise_baa.weights import load_into, load_weights, read_card, save_weights
+
+
+def test_recipe_errors_name_the_field(tmp_path):
+    bad = tmp_path / "score.yaml"
+    bad.write_text("stage: score\nimplementation: table\nstandrd: tw3\n")
+    with pytest.raises(RecipeError, match=r"score.yaml: standrd: unknown field"):
+        read_recipe("score", bad)
+    bad.write_text("stage: score\nimplementation: table\nstandard: gp\n")
+    with pytest.raises(RecipeError, match=r"standard: Input should be 'rus-chn' or 'tw3'"):
+        read_recipe("score", bad)
+    with pytest.raises(RecipeError, match="no score implementation named 'magic'"):
+        parse_recipe("score", {"stage": "score", "implementation": "magic"})
+    with pytest.raises(RecipeError, match="not 'score'"):
+        parse_recipe("score", {"stage": "grade", "implementation": "table"})
+    bad.write_text("- a list\n")
+    with pytest.raises(RecipeError, match="YAML mapping"):
+        read_recipe("score", bad)
+
+
+def test_shipped_score_recipes_load():
+    tw3 = load_stage("score", "stages/score/tw3.yaml")
+    assert tw3.standard == "tw3"
+    rus = load_stage("score", "stages/score/rus-chn.yaml")
+    assert rus.standard == "rus-chn" and rus.recipe.deviation_threshold_years == 2.0
+
+
+def test_weights_round_trip_and_tamper_detection(tmp_path):
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4))
+    recipe = {"stage": "grade", "implementation": "toy", "width": 4}
+    out = save_weights(tmp_path / "toy", model.state_dict(), recipe, card={"metrics": {"acc": 0.5}})
+    (out / "history.json").write_text("[]")
+    save_weights(out, model.state_dict(), recipe)  # overwriting keeps other files
+    assert (out / "history.json").exists()
+    card = read_card(out)
+    assert len(card["sha256"]) == 64 and card["stage"] == "grade"
+    w = load_weights(out)
+    assert w.recipe == recipe
+    twin = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4))
+    load_into(twin, w)
+    x = torch.randn(1, 1, 8, 8)
+    model.eval(), twin.eval()
+    assert torch.equal(model(x), twin(x))
+    # fp16 storage casts back to the model's dtype
+    save_weights(tmp_path / "half", model.state_dict(), recipe, half=True)
+    load_into(twin, load_weights(tmp_path / "half"))
+    assert twin[0].weight.dtype == torch.float32
+    assert torch.allclose(twin(x), model(x), atol=1e-2)
+    # a replaced tensor file is caught by its sha256
+    data = bytearray((out / "model.safetensors").read_bytes())
+    data[-1] ^= 0xFF
+    (out / "model.safetensors").write_bytes(bytes(data))
+    with pytest.raises(WeightsError, match="sha256 does not match"):
+        load_weights(out)
+
+
+def test_weights_mismatch_and_pickles_are_refused(tmp_path):
+    model = torch.nn.Linear(3, 2)
+    save_weights(tmp_path / "w", model.state_dict(), {"stage": "grade", "implementation": "x"})
+    with pytest.raises(WeightsError, match="do not fit"):
+        load_into(torch.nn.Linear(4, 2), load_weights(tmp_path / "w"))
+    folder = tmp_path / "pickled"
+    folder.mkdir()
+    torch.save(model.state_dict(), folder / "model.pt")
+    with pytest.raises(WeightsError, match="only safetensors"):
+        load_weights(folder)
+    with pytest.raises(WeightsError, match="not found"):
+        load_weights(tmp_path / "nothing")
+
+
+def test_assessment_json_round_trip():
+    a = Assessment(
+        id="p1", sex="F", bone_age_years=9.1, maturity_score=355, standard="rus-chn",
+        rois=[RoiResult(key="radius", name="Radius", box=Box(x0=1, y0=2, x1=30, y1=40), stage=7)],
+        attention=np.eye(13).tolist(),
+    )
+    back = Assessment.model_validate_json(a.model_dump_json())
+    assert back == a and back.roi("radius").box.center == (15.5, 21.0)
+    assert json.loads(a.model_dump_json())["schema_version"] == "1.0"
+    with pytest.raises(ValueError):
+        Assessment(id="x", sex="unknown")
+
+
+def test_parse_sex():
+    assert [parse_sex(s) for s in ("M", "f", " Male ", "FEMALE")] == ["M", "F", "M", "F"]
+    with pytest.raises(ValueError, match="bad sex"):
+        parse_sex("O")
+
+
+def test_table_commands_do_not_import_torch():
+    code = (
+        "import sys, io, contextlib\n"
+        "from precise_baa.cli import main\n"
+        "buf = io.StringIO()\n"
+        "with contextlib.redirect_stdout(buf):\n"
+        "    rc = main(['stage-score', '--sex', 'M', '--stages', "
+        "','.join(f'{k}=1' for k in ['radius','ulna','mc1','mc3','mc5','pp1','pp3','pp5','mp3','mp5','dp1','dp3','dp5'])])\n"
+        "    main(['--help']) if False else None\n"
+        "heavy = [m for m in ('torch', 'mmdet', 'mmcv', 'segmentation_models_pytorch', 'cv2') if m in sys.modules]\n"
+        "print(rc, heavy)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "0 []"
+
+
+def test_help_lists_the_commands(cli):
+    p = cli("--help")
+    assert p.returncode == 0
+    for command in ("stage-score", "info", "train", "evaluate"):
+        assert command in p.stdout
