@@ -85,7 +85,7 @@ def cmd_info(args: argparse.Namespace) -> int:
             except md.PackageNotFoundError:
                 print(f"  {pkg:28s} not installed")
         try:
-            from mmcv.ops import SAConv2d, RoIAlign, nms  # noqa: F401
+            from mmcv.ops import RoIAlign, SAConv2d, nms  # noqa: F401
 
             print("  mmcv compiled ops            ok")
         except Exception as e:

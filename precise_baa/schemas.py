@@ -153,6 +153,9 @@ class Assessment(Frozen):
     schema_version: str = SCHEMA_VERSION
     id: str
     source: str | None = None
+    #: ok: scored; rejected: the pipeline refused to guess (``reason`` says why);
+    #: error: the input could not be processed (unreadable file, missing sex, ...)
+    status: Literal["ok", "rejected", "error"] = "ok"
     sex: Literal["M", "F"] | None = None
     chronological_age_years: float | None = None
     standard: str | None = None
@@ -161,7 +164,6 @@ class Assessment(Frozen):
     bone_age_minus_chronological_years: float | None = None
     deviation_threshold_years: float | None = None
     deviation_beyond_threshold: bool | None = None
-    rejected: bool = False
     reason: str | None = None
     image_size: tuple[int, int] | None = None  # (height, width) of the original image
     crop_box: Box | None = None  # the hand crop, original pixel coordinates
@@ -171,6 +173,10 @@ class Assessment(Frozen):
     timings_ms: dict[str, float] = Field(default_factory=dict)
     models: list[ModelInfo] = Field(default_factory=list)
     package_version: str | None = None
+
+    @property
+    def rejected(self) -> bool:
+        return self.status == "rejected"
 
     def roi(self, key: str) -> RoiResult:
         for r in self.rois:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +35,7 @@ def _rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(line for line in f if not line.startswith("#")))
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_tables(standard: str, root: str | None = None) -> StandardTables:
     """Read and check the tables of ``standard`` ('rus-chn' or 'tw3')."""
     check_standard(standard)

@@ -1,0 +1,361 @@
+"""The four stages as one object: radiograph in, :class:`~precise_baa.schemas.Assessment` out.
+
+>>> pipe = Pipeline.from_recipe("stages/pipelines/demo.yaml")             # doctest: +SKIP
+>>> a = pipe.assess("examples/phantom_000.png", sex="F", chronological_age=9)  # doctest: +SKIP
+>>> a.bone_age_years, a.roi("radius").stage                              # doctest: +SKIP
+
+A pipeline recipe names one recipe and/or weights folder per stage; any stage is swapped by
+editing one line, or with ``overrides={"detect": "stages/detect/faster-rcnn-r50.py"}`` (a recipe
+file builds fresh weights; a weights folder brings its own recipe).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, model_validator
+
+from . import __version__
+from .errors import InputError, RecipeError
+from .imaging import Radiograph, as_radiograph
+from .interfaces import Detections, Grades, SegmentResult
+from .paths import resolve
+from .rois import ROI_BY_KEY, ROI_KEYS, stage_label
+from .schemas import Assessment, Flag, ModelInfo, RoiResult, parse_sex, read_yaml, validate_recipe
+from .weights import PHANTOM_NOTICE
+
+STAGE_ORDER = ("segment", "detect", "grade", "score")
+
+
+class StageRef(BaseModel):
+    """One stage of a pipeline: a recipe (fresh weights) and/or a trained weights folder."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    recipe: str | None = None
+    weights: str | None = None
+
+    @model_validator(mode="after")
+    def _one_of(self):
+        if not self.recipe and not self.weights:
+            raise ValueError("give `recipe`, `weights`, or both")
+        return self
+
+
+class RejectPolicy(BaseModel):
+    """When the pipeline refuses to report an age rather than guess (autorejection)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    #: a missing or implausible ROI rejects the radiograph (the tables need all 13 stages)
+    reject_on_missing_roi: bool = True
+    #: flag an ROI whose top stage probability is below this
+    low_confidence: float = 0.35
+    #: reject when more than this many ROIs are low-confidence
+    max_low_confidence_rois: int = 13
+
+
+class PipelineRecipe(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str = "pipeline"
+    description: str = ""
+    segment: StageRef
+    detect: StageRef
+    grade: StageRef
+    score: StageRef
+    reject: RejectPolicy = RejectPolicy()
+
+
+def stage_ref(value: str | Mapping[str, Any] | StageRef) -> StageRef:
+    """A CLI/override value -> StageRef: a folder with recipe.json is weights, else a recipe."""
+    if isinstance(value, StageRef):
+        return value
+    if isinstance(value, Mapping):
+        return StageRef(**value)
+    p = resolve(value)
+    if p.is_dir():
+        if not (p / "recipe.json").is_file():
+            raise RecipeError(f"{value}: a folder, but not a weights folder (no recipe.json)")
+        return StageRef(weights=str(value))
+    return StageRef(recipe=str(value))
+
+
+@dataclass
+class _Stage:
+    name: str
+    obj: Any
+    info: ModelInfo
+
+
+def _model_info(stage: str, obj: Any, ref: StageRef, base: Path | None = None) -> ModelInfo:
+    """The stage's ModelInfo, completed from its weights card (sha256, phantom-trained)."""
+    from .weights import read_card
+
+    info = getattr(obj, "info", None)
+    if not isinstance(info, ModelInfo):
+        recipe = getattr(obj, "recipe", None)
+        info = ModelInfo(
+            stage=stage,
+            implementation=getattr(obj, "implementation", getattr(recipe, "implementation", "?")),
+            name=getattr(obj, "name", None) or getattr(recipe, "name", "") or stage,
+        )
+    if ref.weights:
+        card = read_card(resolve(ref.weights, base))
+        info = info.model_copy(update={
+            "weights": ref.weights,
+            "sha256": card.get("sha256") or info.sha256,
+            "phantom_trained": bool(card.get("phantom_trained", info.phantom_trained)),
+        })
+    return info
+
+
+class Pipeline:
+    """segment -> detect -> grade -> score, batched, with every step's output kept."""
+
+    def __init__(self, stages: Mapping[str, Any], recipe: PipelineRecipe | None = None,
+                 refs: Mapping[str, StageRef] | None = None, device: str = "cpu",
+                 precision: Literal["fp32", "fp16", "bf16"] = "fp32", base: Path | None = None):
+        missing = [s for s in STAGE_ORDER if s not in stages]
+        if missing:
+            raise RecipeError(f"pipeline lacks stage(s): {', '.join(missing)}")
+        refs = refs or {}
+        self.stages = {
+            s: _Stage(s, stages[s], _model_info(s, stages[s], refs.get(s, StageRef(recipe="?")), base))
+            for s in STAGE_ORDER
+        }
+        self.recipe = recipe
+        self.policy = recipe.reject if recipe else RejectPolicy()
+        self.device = device
+        self.precision = precision
+        self.phantom_trained = any(st.info.phantom_trained for st in self.stages.values())
+
+    # ---------------------------------------------------------------- construction
+    @classmethod
+    def from_recipe(
+        cls,
+        recipe: str | Path | Mapping[str, Any] | PipelineRecipe,
+        *,
+        overrides: Mapping[str, str | Mapping[str, Any] | StageRef | None] | None = None,
+        device: str | None = None,
+        precision: Literal["fp32", "fp16", "bf16"] = "fp32",
+    ) -> Pipeline:
+        """Build from a pipeline recipe (YAML path or mapping); ``overrides`` swap stages."""
+        from .registry import load_stage
+        from .training import pick_device
+
+        source = "pipeline recipe"
+        base: Path | None = None
+        if isinstance(recipe, (str, Path)):
+            path = resolve(recipe)
+            source, base = str(path), path.parent
+            recipe = read_yaml(path)
+        if not isinstance(recipe, PipelineRecipe):
+            recipe = validate_recipe(PipelineRecipe, dict(recipe), source)
+        refs = {s: getattr(recipe, s) for s in STAGE_ORDER}
+        for stage, value in (overrides or {}).items():
+            if stage not in refs:
+                raise RecipeError(f"unknown stage {stage!r} in overrides; expected {STAGE_ORDER}")
+            if value is not None:
+                refs[stage] = stage_ref(value)
+        device = pick_device(device)
+        stages = {}
+        for stage, ref in refs.items():
+            r = str(resolve(ref.recipe, base)) if ref.recipe else None
+            w = str(resolve(ref.weights, base)) if ref.weights else None
+            stages[stage] = load_stage(stage, recipe=r, weights=w, device=device)
+        return cls(stages, recipe, refs, device=device, precision=precision, base=base)
+
+    @property
+    def standard(self) -> str:
+        return self.stages["score"].obj.standard
+
+    @property
+    def models(self) -> list[ModelInfo]:
+        return [st.info for st in self.stages.values()]
+
+    def _autocast(self):
+        if self.device.startswith("cuda") and self.precision in ("fp16", "bf16"):
+            import torch
+
+            dtype = torch.float16 if self.precision == "fp16" else torch.bfloat16
+            return torch.autocast("cuda", dtype=dtype)
+        return contextlib.nullcontext()
+
+    # ---------------------------------------------------------------- running
+    def assess(
+        self,
+        image: str | Path | np.ndarray | Radiograph,
+        sex: str | None = None,
+        chronological_age: float | None = None,
+        id: str | None = None,
+    ) -> Assessment:
+        """Assess one radiograph; sex and age default to what a DICOM file states."""
+        rad = as_radiograph(image)
+        if id is None:
+            id = Path(rad.meta.source).stem if rad.meta.source else "image"
+        return self.assess_batch([rad], [sex], [chronological_age], [id])[0]
+
+    def assess_batch(
+        self,
+        images: Sequence[Radiograph | np.ndarray],
+        sexes: Sequence[str | None],
+        ages: Sequence[float | None],
+        ids: Sequence[str],
+        details: list[dict[str, Any]] | None = None,
+    ) -> list[Assessment]:
+        """Assess many radiographs, each stage batched over all of them.
+
+        Pass a list as ``details`` to receive, per image, the raw stage outputs
+        (``{"segment": SegmentResult, "detect": Detections, "grade": Grades}``, absent when the
+        stage did not run), e.g. for evaluation.
+        """
+        import torch
+
+        n = len(images)
+        if not (len(sexes) == len(ages) == len(ids) == n):
+            raise ValueError("images, sexes, ages and ids must have the same length")
+        rads = [as_radiograph(im) for im in images]
+        out: list[Assessment | None] = [None] * n
+        sex_ok: list[str] = [""] * n
+        age_ok: list[float | None] = [None] * n
+        for i, rad in enumerate(rads):
+            try:
+                sex = sexes[i] or rad.meta.sex
+                if not sex:
+                    raise InputError("no sex given: the standards score boys and girls differently; "
+                                     "add it to the metadata CSV (id,sex,chronological_age) or DICOM")
+                sex_ok[i] = parse_sex(sex)
+                age = ages[i] if ages[i] is not None else rad.meta.chronological_age_years
+                if age is not None and not 0 <= float(age) <= 30:
+                    raise InputError(f"chronological age {age} y outside 0..30 y")
+                age_ok[i] = None if age is None else float(age)
+            except InputError as e:
+                out[i] = self._error(ids[i], rad, str(e))
+        todo = [i for i in range(n) if out[i] is None]
+        timings: dict[int, dict[str, float]] = {i: {} for i in todo}
+
+        def timed(stage: str, idx: list[int], fn):
+            t0 = time.perf_counter()
+            with torch.inference_mode(), self._autocast():
+                res = fn()
+            per = 1000.0 * (time.perf_counter() - t0) / max(1, len(idx))
+            for i in idx:
+                timings[i][stage] = round(per, 2)
+            return res
+
+        segs: dict[int, SegmentResult] = {}
+        if todo:
+            res = timed("segment", todo, lambda: self.stages["segment"].obj.segment(
+                [rads[i].pixels for i in todo]))
+            segs = dict(zip(todo, res, strict=True))
+        alive = [i for i in todo if not segs[i].rejected]
+        dets: dict[int, Detections] = {}
+        if alive:
+            res = timed("detect", alive, lambda: self.stages["detect"].obj.detect(
+                [segs[i].image for i in alive]))
+            dets = dict(zip(alive, res, strict=True))
+        if self.policy.reject_on_missing_roi:
+            graded = [i for i in alive if not dets[i].missing]
+        else:
+            graded = alive
+        grades: dict[int, Grades] = {}
+        if graded:
+            res = timed("grade", graded, lambda: self.stages["grade"].obj.grade(
+                [segs[i].image for i in graded], [dets[i].boxes for i in graded],
+                [sex_ok[i] for i in graded]))
+            grades = dict(zip(graded, res, strict=True))
+        for i in todo:
+            out[i] = self._assemble(ids[i], rads[i], sex_ok[i], age_ok[i], segs[i], dets.get(i),
+                                    grades.get(i), timings[i])
+        if details is not None:
+            details.extend(
+                {k: v for k, v in (("segment", segs.get(i)), ("detect", dets.get(i)),
+                                   ("grade", grades.get(i))) if v is not None}
+                for i in range(n))
+        return out  # type: ignore[return-value]
+
+    # ---------------------------------------------------------------- assembly
+    def _base(self, id: str, rad: Radiograph) -> dict[str, Any]:
+        flags = []
+        if self.phantom_trained:
+            flags.append(Flag(code="phantom_weights", message=PHANTOM_NOTICE, stage="pipeline"))
+        return dict(
+            id=id, source=rad.meta.source, image_size=tuple(rad.pixels.shape),
+            models=self.models, package_version=__version__, flags=flags,
+        )
+
+    def _error(self, id: str, rad: Radiograph, message: str) -> Assessment:
+        base = self._base(id, rad)
+        return Assessment(**base, status="error", reason=message)
+
+    def _assemble(self, id, rad, sex, age, seg: SegmentResult, det: Detections | None,
+                  grades: Grades | None, timings: dict[str, float]) -> Assessment:
+        base = self._base(id, rad)
+        flags: list[Flag] = list(base.pop("flags")) + list(seg.flags)
+        common = dict(**base, sex=sex, chronological_age_years=age, standard=self.standard,
+                      crop_box=seg.crop_box, timings_ms=dict(timings))
+        if seg.rejected:
+            return Assessment(**common, status="rejected", reason=seg.rejected, flags=flags)
+        assert det is not None
+        flags += det.flags
+        dx, dy = seg.crop_box.x0, seg.crop_box.y0
+        probs = grades.probabilities if grades else {}
+        roi_flags: dict[str, list[Flag]] = {k: [] for k in ROI_KEYS}
+        for f in det.flags + (grades.flags if grades else []):
+            if f.roi in roi_flags:
+                roi_flags[f.roi].append(f)
+        if grades:
+            for k, p in probs.items():
+                if p is not None and float(np.max(p)) < self.policy.low_confidence:
+                    f = Flag(code="low_confidence", roi=k, stage="grade",
+                             message=f"{ROI_BY_KEY[k].name}: stage confidence {float(np.max(p)):.2f} "
+                                     f"< {self.policy.low_confidence:.2f}; review this ROI")
+                    roi_flags[k].append(f)
+                    flags.append(f)
+        score = None
+        reason = None
+        if det.missing and self.policy.reject_on_missing_roi:
+            reason = "ROI(s) not found or implausible: " + ", ".join(det.missing)
+        elif grades is not None:
+            low = sum(1 for k in ROI_KEYS if any(f.code == "low_confidence" for f in roi_flags[k]))
+            if low > self.policy.max_low_confidence_rois:
+                reason = f"{low} ROIs graded with low confidence (> {self.policy.max_low_confidence_rois})"
+            else:
+                t0 = time.perf_counter()
+                score = self.stages["score"].obj.score(grades.stages, sex, age)
+                timings["score"] = round(1000.0 * (time.perf_counter() - t0), 3)
+                flags += score.flags
+        rois = []
+        for k in ROI_KEYS:
+            box = det.boxes.get(k)
+            p = probs.get(k)
+            stage = int(np.argmax(p)) if p is not None else None
+            rois.append(RoiResult(
+                key=k, name=ROI_BY_KEY[k].name,
+                box=box.shift(dx, dy) if box is not None else None,
+                detection_score=det.scores.get(k),
+                stage=stage,
+                stage_label=stage_label(k, stage, self.standard) if stage is not None else None,
+                confidence=float(np.max(p)) if p is not None else None,
+                expected_stage=float(np.dot(np.arange(len(p)), p)) if p is not None else None,
+                probabilities=[round(float(v), 5) for v in p] if p is not None else None,
+                points=score.points[k] if score else None,
+                flags=roi_flags[k],
+            ))
+        attention = None
+        if grades is not None and grades.attention is not None:
+            attention = np.round(np.asarray(grades.attention, dtype=float), 5).tolist()
+        fields = dict(common, rois=rois, attention=attention, flags=flags, timings_ms=timings)
+        if reason or score is None:
+            return Assessment(**fields, status="rejected", reason=reason or "not scored")
+        return Assessment(
+            **fields, status="ok",
+            bone_age_years=score.bone_age_years, maturity_score=score.maturity_score,
+            bone_age_minus_chronological_years=score.bone_age_minus_chronological_years,
+            deviation_threshold_years=score.deviation_threshold_years,
+            deviation_beyond_threshold=score.deviation_beyond_threshold,
+        )
