@@ -1,0 +1,59 @@
+"""The example phantoms shipped in ``examples/`` (README figures, ``precise-baa demo``).
+
+Regenerate with ``python -m precise_baa.synth.examples [OUT_DIR]``. Writes, flat in OUT_DIR
+(the demo scores every image found there, so nothing else goes in it):
+
+* ``phantom_000.png`` ... one 512 px phantom per (sex, age) in :data:`EXAMPLES`;
+* ``meta.csv``: ``id,sex,chronological_age`` (what a user would know about each child);
+* ``annotations.json``: the COCO ground truth (boxes, stages, bone age); ``file_name`` is
+  relative to OUT_DIR itself: ``load_coco("examples/annotations.json", images_dir="examples")``.
+"""
+
+from __future__ import annotations
+
+import csv
+import sys
+from pathlib import Path
+
+from ..imaging import save_png
+from .dataset import coco_entries, write_manifest
+from .render import render_phantom
+
+#: (seed, sex, chronological age in years): girls and boys across childhood
+EXAMPLES: tuple[tuple[int, str, float], ...] = (
+    (101, "F", 4.5),
+    (102, "M", 7.0),
+    (103, "F", 9.5),
+    (104, "M", 11.0),
+    (105, "F", 12.5),
+    (106, "M", 15.0),
+)
+
+
+def write_examples(out_dir: str | Path, size: int = 512) -> Path:
+    """Render :data:`EXAMPLES` into ``out_dir``; returns the manifest path."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    images, anns, rows = [], [], []
+    for i, (seed, sex, age) in enumerate(EXAMPLES):
+        p = render_phantom(seed, size, sex=sex, chronological_age=age)
+        name = f"phantom_{i:03d}.png"
+        save_png(out_dir / name, p.image)
+        image, a = coco_entries(p, i + 1, name, first_annotation_id=13 * i + 1)
+        images.append(image)
+        anns += a
+        rows.append({"id": Path(name).stem, "sex": p.sex, "chronological_age": p.chronological_age})
+    with (out_dir / "meta.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["id", "sex", "chronological_age"])
+        w.writeheader()
+        w.writerows(rows)
+    info = {"description": "precise-baa example phantoms (synthetic; see precise_baa/synth/examples.py)",
+            "images_dir": ".", "size": size}
+    return write_manifest(out_dir / "annotations.json", images, anns, info)
+
+
+if __name__ == "__main__":
+    from ..paths import examples_dir
+
+    target = Path(sys.argv[1]) if len(sys.argv) > 1 else examples_dir()
+    print(write_examples(target))

@@ -1,0 +1,138 @@
+"""Stage -> appearance of a growth region (epiphysis, physis, metaphyseal end).
+
+A bone's maturity is ``p = stage / (n_stages - 1)`` in [0, 1]. Every feature is a monotone
+function of ``p``, so neighbouring stages differ a little and distant ones a lot:
+
+* ``p = 0``: no epiphysis (cartilage only, invisible);
+* small ``p``: a small ossification centre that widens relative to the metaphysis
+  (width ratio about 0.2 -> 1.0), thickens and brightens;
+* ``p`` around 0.55-0.85: capping, the epiphysis' edges wrap the metaphysis;
+* ``p`` above about 0.5: the physis (the dark gap) narrows, then bone bridges it and the
+  line fades until the bone is fused at ``p = 1``.
+
+Shapes are drawn in a local frame of the growth region, in units of the metaphysis width
+``w``: ``u`` across the bone (``+u`` is the radial / thumb side), ``v`` along the bone from the
+physis outwards (the metaphysis lies at ``v < 0``, the joint beyond ``v = zone_depth``). The
+region grows nested: a higher stage covers what a lower one did, so the growth region's
+attenuation only increases with stage.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+#: widest physis gap (units of w), before it starts to narrow
+GAP_MAX = 0.12
+
+
+@dataclass(frozen=True)
+class EpiphysisShape:
+    """How one kind of epiphysis looks when fully grown (units of the metaphysis width)."""
+
+    height: float  # thickness along the bone
+    width: float  # width at the end of widening (capping makes it a little wider)
+    top_k: float  # superellipse exponent of the joint-side outline (2 = round, larger = flat)
+    bottom_k: float  # exponent of the physis-side outline
+    waist: float  # where the widest level sits between bottom (0) and top (1)
+    cap_depth: float  # how far the capping lips reach down beside the metaphysis
+    slope: float = 0.0  # thickness grows towards +u (radius: the radial side is thicker)
+    styloid: float = 0.0  # a styloid process at one edge: >0 at +u, <0 at -u (height)
+
+    @property
+    def zone_depth(self) -> float:
+        """Length of the growth region beyond the physis (gap + epiphysis), units of w."""
+        return GAP_MAX + self.height * (1.0 + 0.5 * abs(self.slope))
+
+
+SHAPES: dict[str, EpiphysisShape] = {
+    # phalanx and first-metacarpal bases: a flat disc that ends up wider than the shaft
+    "disc": EpiphysisShape(height=0.30, width=1.08, top_k=2.3, bottom_k=6.0, waist=0.3, cap_depth=0.16),
+    # heads of metacarpals II-V: a round cap
+    "head": EpiphysisShape(height=0.55, width=1.0, top_k=2.0, bottom_k=3.5, waist=0.35, cap_depth=0.10),
+    # distal radius: a wedge, thick on the radial side, with the radial styloid
+    "radius": EpiphysisShape(height=0.26, width=1.05, top_k=2.8, bottom_k=6.0, waist=0.3,
+                             cap_depth=0.12, slope=0.6, styloid=0.16),
+    # distal ulna: a rounded head with the ulnar styloid on the little-finger side
+    "ulna": EpiphysisShape(height=0.42, width=1.0, top_k=2.2, bottom_k=4.0, waist=0.35,
+                           cap_depth=0.08, styloid=-0.35),
+}
+
+
+@dataclass(frozen=True)
+class GrowthRegion:
+    """What to draw for one growth region at one maturity, in local units of w."""
+
+    #: outline of the ossified epiphysis (N, 2) as (u, v); None before ossification
+    epiphysis: np.ndarray | None
+    #: relative density of the epiphysis (multiplies the bone density)
+    density: float
+    #: the physis bridged by bone (u, v; overlapping both sides) and its share of bone density
+    bridge: np.ndarray | None
+    bridge_density: float
+    #: extra density of the dense line at the metaphysis end (fades as the physis closes)
+    band_density: float = 0.1
+
+
+def _ramp(x: float, lo: float, hi: float) -> float:
+    return float(np.clip((x - lo) / (hi - lo), 0.0, 1.0))
+
+
+def gap(p: float) -> float:
+    """Physis width (units of w): constant, then narrowing to 0 at fusion."""
+    if p <= 0.5:
+        return GAP_MAX
+    if p <= 0.8:
+        return GAP_MAX - (GAP_MAX - 0.07) * (p - 0.5) / 0.3
+    return 0.07 * (1.0 - p) / 0.2
+
+
+def growth_region(
+    kind: str, p: float, *, width_scale: float = 1.0, height_scale: float = 1.0, n: int = 40
+) -> GrowthRegion:
+    """Outline and density of the growth region of a ``kind`` bone at maturity ``p``.
+
+    ``width_scale`` / ``height_scale`` are per-bone nuisances (not tied to stage).
+    """
+    if p <= 0.0:
+        return GrowthRegion(None, 0.0, None, 0.0, 0.1)
+    p = min(float(p), 1.0)
+    shape = SHAPES[kind]
+    zone_top = GAP_MAX + shape.height * height_scale
+    e_w = min(1.0, p / 0.6)
+    half_w = 0.5 * width_scale * (0.2 + (shape.width - 0.2) * e_w ** 0.85 + 0.06 * _ramp(p, 0.6, 1.0))
+    e_t = min(1.0, p / 0.65)
+    v_top = zone_top - 0.3 * shape.height * height_scale * (1.0 - e_t)
+    thick = zone_top * (0.3 + 0.7 * e_t)
+    v_bot = max(gap(p), v_top - thick)
+    v_mid = v_bot + shape.waist * (v_top - v_bot)
+
+    theta = np.linspace(-0.5 * np.pi, 0.5 * np.pi, n)
+    r = np.sin(theta)  # u / half_w in [-1, 1], denser near the edges
+    a = np.abs(r)
+    top = v_mid + (v_top - v_mid) * (1.0 - a ** shape.top_k) ** (1.0 / shape.top_k)
+    bottom = v_mid - (v_mid - v_bot) * (1.0 - a ** shape.bottom_k) ** (1.0 / shape.bottom_k)
+    if shape.slope:
+        top = v_mid + (top - v_mid) * (1.0 + shape.slope * r)
+    if shape.styloid:
+        side = r * np.sign(shape.styloid)
+        top = top + abs(shape.styloid) * _ramp(p, 0.45, 1.0) * np.clip((side - 0.55) / 0.45, 0, 1) ** 1.5
+    cap = _ramp(p, 0.55, 0.85)
+    if cap > 0:
+        bottom = bottom - cap * shape.cap_depth * np.clip((a - 0.7) / 0.3, 0, 1) ** 1.5
+    u = half_w * r
+    outline = np.concatenate([np.stack([u, bottom], 1), np.stack([u[::-1], top[::-1]], 1)])
+    density = 0.6 + 0.4 * min(1.0, p / 0.5)
+
+    fuse = _ramp(p, 0.7, 1.0) ** 1.3
+    bridge = None
+    if fuse > 0:
+        hw = 0.5
+        bridge = np.array([[-hw, -0.03], [hw, -0.03], [hw, v_bot + 0.03], [-hw, v_bot + 0.03]])
+    return GrowthRegion(outline, density, bridge, 0.9 * fuse, 0.1 * (1.0 - 0.4 * fuse))
+
+
+def maturity(stage: int, n_stages: int) -> float:
+    """``p = stage / (n_stages - 1)``."""
+    return stage / float(n_stages - 1)

@@ -1,0 +1,254 @@
+"""Phantom generator: determinism, label consistency, boxes, masks, maturity appearance, dataset."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+
+from precise_baa.data import load_coco, prepared_example, segmentation_pairs
+from precise_baa.errors import InputError
+from precise_baa.imaging import read_radiograph
+from precise_baa.rois import ROI_KEYS, num_stages
+from precise_baa.score import create_scorer
+from precise_baa.synth import generate_dataset, image_rng, render_phantom, sample_labels
+from precise_baa.synth.geometry import SIBLING
+from precise_baa.synth.labels import AGE_RANGE
+
+SIZE = 512
+SEEDS = (0, 1, 2, 3)
+
+
+@pytest.fixture(scope="module")
+def phantoms():
+    return [render_phantom(s, SIZE) for s in SEEDS]
+
+
+def crop(image: np.ndarray, box) -> np.ndarray:
+    return image[int(box.y0):int(np.ceil(box.y1)), int(box.x0):int(np.ceil(box.x1))]
+
+
+def all_stages(q: float) -> dict[str, int]:
+    """Every ROI at the same relative maturity ``q`` in [0, 1]."""
+    return {k: int(round(q * (num_stages(k) - 1))) for k in ROI_KEYS}
+
+
+# --------------------------------------------------------------------------------------------
+def test_deterministic_for_a_seed():
+    a, b = render_phantom(11, 256), render_phantom(11, 256)
+    assert np.array_equal(a.image, b.image) and np.array_equal(a.mask, b.mask)
+    assert a.boxes == b.boxes and a.stages == b.stages and a.stages_tw3 == b.stages_tw3
+    assert (a.sex, a.chronological_age, a.bone_age) == (b.sex, b.chronological_age, b.bone_age)
+    c = render_phantom(12, 256)
+    assert not np.array_equal(a.image, c.image)
+    # a Generator works too and advances: two draws from one generator differ
+    g = np.random.default_rng(5)
+    assert not np.array_equal(render_phantom(g, 256).image, render_phantom(g, 256).image)
+
+
+def test_image_looks_like_a_radiograph(phantoms):
+    for p in phantoms:
+        assert p.image.shape == (SIZE, SIZE) and p.image.dtype == np.float32
+        assert 0.0 <= p.image.min() and p.image.max() <= 1.0
+        assert p.mask.dtype == bool
+        background = np.median(p.image[~p.mask & ~p.artefact_mask])
+        tissue = np.median(p.image[p.mask])
+        bone = np.median([np.percentile(crop(p.image, b), 90) for b in p.boxes.values()])
+        assert background + 0.1 < tissue < bone - 0.05, (background, tissue, bone)
+        # the forearm leaves the image at the bottom; the fingers stay inside
+        assert not p.mask[0].any() and not p.mask[:, 0].any() and not p.mask[:, -1].any()
+        assert p.mask.any(axis=0).sum() > 0.3 * SIZE
+
+
+def test_labels_match_the_scorer(phantoms):
+    rus, tw3 = create_scorer("rus-chn"), create_scorer("tw3")
+    for p in phantoms:
+        r = rus.score(p.stages, p.sex)
+        assert p.bone_age == r.bone_age_years and p.maturity_score == r.maturity_score
+        tw3.check_stages(p.stages_tw3)  # all 13 present and in range
+        lo, hi = AGE_RANGE[p.sex]
+        assert lo <= p.chronological_age <= hi
+
+
+def test_label_distribution():
+    rng = np.random.default_rng(0)
+    labs = [sample_labels(rng) for _ in range(400)]
+    sexes = np.array([lab.sex == "M" for lab in labs])
+    assert 0.4 < sexes.mean() < 0.6
+    age = np.array([lab.chronological_age for lab in labs])
+    ba = np.array([lab.bone_age for lab in labs])
+    assert np.corrcoef(age, ba)[0, 1] > 0.9
+    assert 0.3 < np.mean(np.abs(ba - age)) < 1.3  # spread around the P50 curve, not zero
+    # bones of one hand agree (shared maturity) but not perfectly (per-bone noise)
+    pp3 = np.array([lab.stages["pp3"] for lab in labs])
+    radius = np.array([lab.stages["radius"] for lab in labs])
+    assert np.corrcoef(pp3, radius)[0, 1] > 0.8
+    frac = [lab.stages["pp3"] / 12 - lab.stages["dp3"] / 11 for lab in labs]
+    assert np.std(frac) > 0.02
+    # TW3 stages rise with RUS-CHN stages
+    tw3_rad = np.array([lab.stages_tw3["radius"] for lab in labs])
+    assert np.corrcoef(tw3_rad, radius)[0, 1] > 0.85
+
+
+def test_forced_labels():
+    p = render_phantom(3, 256, sex="F", chronological_age=10.0)
+    assert p.sex == "F" and p.chronological_age == 10.0
+    assert abs(p.bone_age - 10.0) < 4.0
+    st = all_stages(0.5)
+    q = render_phantom(3, 256, stages=st)
+    assert q.stages == st
+    assert q.bone_age == create_scorer("rus-chn").score(st, q.sex).bone_age_years
+    partial = render_phantom(3, 256, stages={"radius": 2})
+    assert partial.stages["radius"] == 2
+    # forcing labels leaves anatomy and pose alone
+    assert render_phantom(3, 256).boxes == partial.boxes
+    with pytest.raises(InputError, match="radius"):
+        render_phantom(3, 256, stages={"radius": 15})
+    with pytest.raises(InputError, match="unknown ROI"):
+        render_phantom(3, 256, stages={"thumb": 1})
+
+
+def test_boxes_inside_the_image_and_around_the_epiphysis(phantoms):
+    for p in phantoms:
+        assert list(p.boxes) == list(ROI_KEYS)
+        for key, b in p.boxes.items():
+            assert 0 <= b.x0 < b.x1 <= SIZE and 0 <= b.y0 < b.y1 <= SIZE
+            assert min(b.width, b.height) >= 14, (key, b)
+            assert 0.8 < b.width / b.height < 1.25
+            e = p.epiphysis_boxes[key]
+            assert (e is None) == (p.stages[key] == 0)
+            if e is not None:
+                assert b.x0 <= e.x0 and b.y0 <= e.y0 and e.x1 <= b.x1 and e.y1 <= b.y1, (key, e, b)
+
+
+def test_epiphysis_is_drawn_in_its_box():
+    seed = 4
+    for key in ROI_KEYS:
+        # only this ROI changes (the hand's other bones and carpals stay as drawn)
+        bare = render_phantom(seed, SIZE, stages={key: 0})
+        grown = render_phantom(seed, SIZE, stages={key: num_stages(key) // 2})
+        assert bare.epiphysis_boxes[key] is None
+        e, box = grown.epiphysis_boxes[key], grown.boxes[key]
+        # the box region gains bone where the epiphysis ossifies ...
+        gain = crop(grown.image, box).mean() - crop(bare.image, box).mean()
+        assert gain > 0.015, (key, gain)
+        # ... the epiphysis is bright against the soft tissue ...
+        tissue = np.median(grown.image[grown.mask])
+        assert np.percentile(crop(grown.image, e), 75) > tissue + 0.1, key
+        # ... and the change is the epiphysis: it lies in the ROI box (a graded bone that
+        # also sets the maturity of non-graded neighbours, e.g. pp3 -> pp2, pp4, shares it)
+        diff = np.clip(grown.image.astype(np.float64) - bare.image, 0, None)
+        drawn = 1 + sum(1 for b, sib in SIBLING.items() if sib == key and b != key)
+        assert crop(diff, box).sum() > 0.9 / drawn * diff.sum(), key
+        assert crop(diff, e).sum() > 0.5 * crop(diff, box).sum(), key
+
+
+def test_higher_stage_means_more_epiphysis():
+    seed = 6
+    for key in ROI_KEYS:
+        n = num_stages(key)
+        means = []
+        for s in range(n):
+            p = render_phantom(seed, SIZE, stages={key: s})
+            means.append(crop(p.image, p.boxes[key]).mean())
+        means = np.asarray(means)
+        steps = np.diff(means)
+        assert steps.min() > -2e-3, (key, steps)  # monotone up to rasterisation
+        assert (means[2:] > means[:-2]).all(), (key, means)  # two stages apart: strictly more
+        assert means[-1] - means[0] > 0.03, key  # distant stages differ clearly
+
+
+def test_masks_cover_the_hand_and_exclude_markers(phantoms):
+    found_marker = False
+    for p in phantoms:
+        for key, b in p.boxes.items():
+            cx, cy = b.center
+            assert p.mask[int(cy), int(cx)], key
+        assert not (p.mask & p.artefact_mask).any()
+        if p.artefact_mask.any():
+            found_marker = True
+            assert np.percentile(p.image[p.artefact_mask], 75) > 0.7  # markers/strips are white
+        # the mask is one solid piece
+        n, _ = cv2.connectedComponents(p.mask.astype(np.uint8))
+        assert n == 2
+    assert found_marker
+
+
+# --------------------------------------------------------------------------------------------
+def test_generate_dataset(tmp_path):
+    path = generate_dataset(tmp_path / "a", n=3, seed=9, size=256, progress=False)
+    assert path == tmp_path / "a" / "annotations.json"
+    manifest = load_coco(path, require_stages=True)
+    assert len(manifest) == 3
+    data = json.loads(path.read_text())
+    assert [c["name"] for c in data["categories"]] == list(ROI_KEYS)
+    assert len(data["annotations"]) == 3 * 13 and len({a["id"] for a in data["annotations"]}) == 39
+    scorer = create_scorer("rus-chn")
+    for i, rec in enumerate(manifest.records):
+        assert rec.path.name == f"phantom_{i:05d}.png" and rec.mask_path.is_file()
+        assert set(rec.boxes) == set(ROI_KEYS) and set(rec.stages_tw3) == set(ROI_KEYS)
+        assert rec.bone_age == scorer.score(rec.stages, rec.sex).bone_age_years
+        assert "maturity_score" in rec.extra
+        # what is on disk is render_phantom of the image's own random stream
+        p = render_phantom(image_rng(9, i), 256)
+        img = read_radiograph(rec.path).pixels
+        assert np.abs(img - p.image).max() <= 1 / 255 + 1e-6
+        mask = cv2.imread(str(rec.mask_path), cv2.IMREAD_UNCHANGED) > 0
+        assert np.array_equal(mask, p.mask)
+        crop_img, boxes, _ = prepared_example(rec)  # detection/grading training view
+        assert set(boxes) == set(ROI_KEYS) and crop_img.ndim == 2
+    assert len(segmentation_pairs(tmp_path / "a")) == 3
+
+    # image i does not depend on n; 16-bit output
+    generate_dataset(tmp_path / "b", n=2, seed=9, size=256, bits=16, progress=False, workers=2)
+    b0 = cv2.imread(str(tmp_path / "b" / "images" / "phantom_00000.png"), cv2.IMREAD_UNCHANGED)
+    a0 = cv2.imread(str(tmp_path / "a" / "images" / "phantom_00000.png"), cv2.IMREAD_UNCHANGED)
+    assert b0.dtype == np.uint16 and a0.dtype == np.uint8
+    assert np.abs(b0 / 65535.0 - a0 / 255.0).max() <= 0.5 / 255 + 1e-6
+    # a smaller run into the same folder leaves no orphans from the larger one
+    generate_dataset(tmp_path / "a", n=2, seed=9, size=256, progress=False)
+    assert len(segmentation_pairs(tmp_path / "a")) == 2
+    assert len(load_coco(tmp_path / "a" / "annotations.json")) == 2
+    with pytest.raises(InputError):
+        generate_dataset(tmp_path / "c", n=0, seed=1)
+
+
+def test_cli(tmp_path, cli):
+    sheet = tmp_path / "sheet.png"
+    r = cli("synth", "--n", "2", "--out", str(tmp_path / "ds"), "--seed", "1", "--size", "256",
+            "--contact-sheet", str(sheet), "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "ds" / "annotations.json").is_file() and sheet.is_file()
+    assert cv2.imread(str(sheet)).shape[1] == 4 * 256
+    r = cli("synth", "--n", "0", "--out", str(tmp_path / "x"))
+    assert r.returncode == 2 and "n must be at least 1" in r.stderr
+
+
+def test_cli_module_is_light():
+    code = ("import sys, precise_baa.synth.cli, precise_baa.synth; "
+            "assert 'cv2' not in sys.modules and 'precise_baa.synth.render' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_examples_are_current(tmp_path):
+    from precise_baa.batch import read_meta
+    from precise_baa.paths import examples_dir
+    from precise_baa.synth.examples import EXAMPLES, write_examples
+
+    ex = examples_dir()
+    manifest = load_coco(ex / "annotations.json", images_dir=ex, require_stages=True)
+    assert len(manifest) == len(EXAMPLES)
+    meta = read_meta(ex / "meta.csv")
+    for rec in manifest.records:
+        assert meta[rec.name].sex == rec.sex
+        assert meta[rec.name].chronological_age == rec.chronological_age
+    # the shipped images are what the generator makes (regenerate: python -m precise_baa.synth.examples)
+    write_examples(tmp_path)
+    for rec in manifest.records:
+        shipped = read_radiograph(rec.path).pixels
+        fresh = read_radiograph(tmp_path / rec.path.name).pixels
+        assert np.abs(shipped - fresh).mean() < 2e-3, rec.path.name
