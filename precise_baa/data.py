@@ -13,6 +13,9 @@ COCO manifest (one per dataset)::
 
 Segmentation pairs: ``DIR/images/NAME.png`` with ``DIR/masks/NAME.png`` (any non-zero pixel is
 hand), or a COCO manifest whose images carry ``mask_file`` (relative to the manifest's folder).
+
+Detection and grading train on what the segmenter gives them at inference, the hand crop:
+:func:`prepared_example` makes it from a record's ground-truth mask.
 """
 
 from __future__ import annotations
@@ -21,10 +24,16 @@ import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
 
 from .errors import InputError
 from .rois import ROI_KEYS, num_stages
 from .schemas import Box, parse_sex
+
+if TYPE_CHECKING:
+    from .segment.cleanup import CleanupParams
 
 
 @dataclass(frozen=True)
@@ -175,3 +184,63 @@ def segmentation_pairs(data: str | Path) -> list[tuple[Path, Path]]:
     if not pairs:
         raise InputError(f"{images}: no images")
     return pairs
+
+
+def read_mask(path: str | Path) -> np.ndarray:
+    """A mask image as ``bool [H, W]``: any non-zero pixel (in any channel) is hand.
+
+    Unlike :func:`precise_baa.imaging.read_radiograph`, an all-zero mask is valid (no hand).
+    """
+    import cv2
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: mask file not found")
+    arr = cv2.imdecode(np.fromfile(str(path), dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    if arr is None:
+        raise InputError(f"{path}: not a readable image (masks are PNG files, non-zero = hand)")
+    if arr.ndim == 3:
+        arr = arr.max(axis=2)
+    return np.asarray(arr) > 0
+
+
+def read_pair(image: str | Path, mask: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """``(pixels float32 [H, W], mask bool [H, W])`` of one labelled radiograph, same shape."""
+    from .imaging import read_radiograph
+
+    pixels = read_radiograph(image).pixels
+    m = read_mask(mask)
+    if m.shape != pixels.shape:
+        raise InputError(f"{mask}: mask is {m.shape[1]}x{m.shape[0]} px but its image {image} is "
+                         f"{pixels.shape[1]}x{pixels.shape[0]} px; they must match")
+    return pixels, m
+
+
+def prepared_example(
+    record: ImageRecord, params: CleanupParams | None = None
+) -> tuple[np.ndarray, dict[str, Box], Box]:
+    """What detection and grading see for ``record``: ``(hand crop, boxes, crop box)``.
+
+    The crop is :func:`precise_baa.segment.cleanup.hand_crop` of the image with its
+    ground-truth mask, exactly as the segmenter's output at inference; the boxes are moved into
+    crop coordinates and clipped to the crop (a box left empty by clipping is dropped). The
+    crop box is in original image pixels.
+    """
+    from .segment.cleanup import CleanupParams, hand_crop
+
+    if record.mask_path is None:
+        raise InputError(f"{record.path}: no 'mask_file' for this image in the manifest; the "
+                         "hand crop that detection and grading train on needs the palm mask")
+    image, mask = read_pair(record.path, record.mask_path)
+    if not mask.any():
+        raise InputError(f"{record.mask_path}: empty mask (no non-zero pixel); cannot crop the hand")
+    crop, crop_box = hand_crop(image, mask, params or CleanupParams())
+    h, w = crop.shape
+    boxes: dict[str, Box] = {}
+    for key, box in record.boxes.items():
+        b = box.shift(-crop_box.x0, -crop_box.y0)
+        b = Box(x0=min(max(b.x0, 0.0), w), y0=min(max(b.y0, 0.0), h),
+                x1=min(max(b.x1, 0.0), w), y1=min(max(b.y1, 0.0), h))
+        if b.width > 0 and b.height > 0:
+            boxes[key] = b
+    return crop, boxes, crop_box

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
-from scipy import ndimage
 
 from ..schemas import Box
 
@@ -46,16 +45,28 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
     return labels == biggest
 
 
+def fill_holes(mask: np.ndarray) -> np.ndarray:
+    """``mask`` with every background region not 4-connected to the border filled.
+
+    The same result as ``scipy.ndimage.binary_fill_holes`` (default structure), several times
+    faster on full-size radiographs (one OpenCV flood fill from outside the image).
+    """
+    h, w = mask.shape
+    outside = np.zeros((h + 2, w + 2), np.uint8)
+    outside[1:-1, 1:-1] = np.asarray(mask, dtype=bool)
+    cv2.floodFill(outside, None, (0, 0), 2, flags=4)  # background reachable from the border -> 2
+    return outside[1:-1, 1:-1] != 2
+
+
 def clean_mask(prob: np.ndarray, params: CleanupParams = CleanupParams()) -> np.ndarray:
     """Probability map or mask -> one solid boolean hand mask."""
     mask = (np.asarray(prob, dtype=np.float32) >= params.threshold).astype(np.uint8)
     if params.opening_px > 1:
         mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, _kernel(params.opening_px))
-    mask = largest_component(mask)
-    mask = ndimage.binary_fill_holes(mask)
+    mask = fill_holes(largest_component(mask))
     if params.closing_px > 1:
         mask = cv2.morphologyEx(mask.astype(np.uint8), cv2.MORPH_CLOSE, _kernel(params.closing_px)) > 0
-        mask = ndimage.binary_fill_holes(mask)
+        mask = fill_holes(mask)
     return np.asarray(mask, dtype=bool)
 
 
