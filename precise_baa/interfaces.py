@@ -47,7 +47,8 @@ class Detections:
 @dataclass(frozen=True)
 class Grades:
     standard: str  # the stage convention of the heads ("rus-chn" or "tw3")
-    probabilities: dict[str, np.ndarray]  # ROI key -> [num_stages] probabilities
+    # ROI key -> [num_stages] probabilities; a ROI without a box is absent (and flagged)
+    probabilities: dict[str, np.ndarray]
     attention: np.ndarray | None = None  # [13, 13] rows sum to 1, ROI_KEYS order
     flags: list[Flag] = field(default_factory=list)
 

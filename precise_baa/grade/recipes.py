@@ -1,0 +1,160 @@
+"""Recipes of the stage-3 graders (pydantic only: importing this never imports torch).
+
+Two registered implementations share one model shape, ROI crops -> shared CNN -> 13 tokens
+(+ ROI identity + sex embedding) -> optional self-attention across ROIs -> one head per ROI:
+
+- ``densenet-attention``: DenseNet (timm) encoder and 13x13 ROI self-attention (precise-BAA).
+- ``resnet-shuffle``: ResNet with shuffle attention in every block and dual (avg + max)
+  pooling, each ROI graded on its own by default (the "improved ResNet" RUS-CHN grader).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from ..schemas import Recipe
+
+
+class _Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class JitterSettings(_Settings):
+    """Box jitter at training time (see :class:`precise_baa.crops.Jitter`)."""
+
+    scale: float = Field(0.1, ge=0, le=1)
+    shift: float = Field(0.08, ge=0, le=0.5)
+    rotation: float = Field(8.0, ge=0, le=45, description="degrees")
+    aspect: float = Field(0.05, ge=0, le=0.5)
+
+
+class GradeTraining(_Settings):
+    """How ``precise-baa train grade`` trains this grader (command-line flags override some)."""
+
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(16, ge=1, description="radiographs per step (13 crops each)")
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    val_fraction: float = Field(0.15, ge=0, lt=1)
+    #: class weights per ROI: (count + smoothing) ** -power, normalised to mean 1 per sample
+    class_weight_power: float = Field(0.5, ge=0, le=1)
+    class_weight_smoothing: float = Field(1.0, gt=0)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    #: weight of the ordinal term: |expected stage - true stage| / (stages - 1)
+    ordinal_weight: float = Field(0.5, ge=0)
+    #: chance that each ROI is hidden during training (learns to grade with missing ROIs)
+    roi_dropout: float = Field(0.05, ge=0, lt=1)
+    jitter: JitterSettings = JitterSettings()
+    #: gray-level augmentation: gamma drawn log-uniformly in [1/gamma, gamma], contrast and
+    #: brightness as multiplicative / additive spreads, Gaussian noise sigma
+    gamma: float = Field(1.35, ge=1)
+    contrast: float = Field(0.15, ge=0, lt=1)
+    brightness: float = Field(0.08, ge=0, lt=1)
+    noise: float = Field(0.01, ge=0)
+
+
+class GradeRecipe(Recipe):
+    """Settings shared by every grader."""
+
+    stage: Literal["grade"] = "grade"
+    #: stage convention of the heads; sizes come from precise_baa.rois.stage_counts
+    standard: Literal["rus-chn", "tw3"] = "rus-chn"
+    crop_size: int = Field(128, ge=16, le=1024)
+    #: the ROI box is grown by this factor before cropping (same at training and inference)
+    context: float = Field(1.2, ge=1.0, le=3.0)
+    #: input normalisation: (crop - mean) / std (a 1-channel ImageNet stem expects ~0.449/0.226)
+    mean: float = 0.449
+    std: float = Field(0.226, gt=0)
+    #: width of the ROI tokens
+    embed_dim: int = Field(256, ge=8)
+    roi_attention: bool = True
+    attention_heads: int = Field(1, ge=1)
+    attention_layers: int = Field(1, ge=1, le=8)
+    sex_embedding: bool = True
+    dropout: float = Field(0.1, ge=0, lt=1)
+    #: ImageNet weights for the encoder (downloaded once by timm); off: works offline
+    pretrained: bool = False
+    #: most radiographs per forward pass at inference (13 crops each)
+    max_batch: int = Field(32, ge=1)
+    training: GradeTraining = GradeTraining()
+
+    @model_validator(mode="after")
+    def _check_heads(self):
+        if self.roi_attention and self.embed_dim % self.attention_heads:
+            raise ValueError(f"embed_dim {self.embed_dim} is not divisible by attention_heads "
+                             f"{self.attention_heads}")
+        return self
+
+
+class DenseNetAttentionRecipe(GradeRecipe):
+    """DenseNet encoder + 13x13 ROI self-attention (the precise-BAA grader)."""
+
+    implementation: Literal["densenet-attention"] = "densenet-attention"
+    #: a timm DenseNet: densenet121 (the paper), densenet169, densenet201, densenetblur121d, ...
+    backbone: str = "densenet121"
+    #: a narrower / shallower DenseNet (no ImageNet weights then): e.g. 12 and [2, 4, 6, 4]
+    growth_rate: int | None = Field(None, ge=4)
+    block_config: tuple[int, ...] | None = None
+    #: gradient checkpointing inside dense blocks (less memory, ~20 % slower training)
+    memory_efficient: bool = False
+
+    @model_validator(mode="after")
+    def _check_backbone(self):
+        if not self.backbone.startswith("densenet"):
+            raise ValueError(f"backbone {self.backbone!r} is not a DenseNet (densenet121, densenet169, ...)")
+        if self.pretrained and (self.growth_rate is not None or self.block_config is not None):
+            raise ValueError("pretrained: true needs the stock backbone; ImageNet weights do not "
+                             "exist for a custom growth_rate / block_config")
+        return self
+
+
+class ResNetShuffleRecipe(GradeRecipe):
+    """ResNet with shuffle attention (SA-Net) in every block and dual (avg + max) pooling."""
+
+    implementation: Literal["resnet-shuffle"] = "resnet-shuffle"
+    roi_attention: bool = False
+    #: stock depth (resnet18/34/50/101) or custom: block + layers + channels
+    backbone: Literal["resnet18", "resnet34", "resnet50", "resnet101", "custom"] = "resnet50"
+    block: Literal["basic", "bottleneck"] | None = None
+    layers: tuple[int, int, int, int] | None = None
+    channels: tuple[int, int, int, int] | None = None
+    #: shuffle-attention groups; each block's output channels must divide by 2 x groups
+    shuffle_groups: int = Field(64, ge=1)
+    #: concatenate global average and max pooling (off: average only)
+    dual_pooling: bool = True
+
+    @model_validator(mode="after")
+    def _check_arch(self):
+        custom = self.backbone == "custom"
+        given = [n for n in ("block", "layers", "channels") if getattr(self, n) is not None]
+        if custom and len(given) != 3:
+            raise ValueError("backbone: custom needs block, layers and channels")
+        if not custom and given:
+            raise ValueError(f"{', '.join(given)} only apply to backbone: custom")
+        if custom and self.pretrained:
+            raise ValueError("pretrained: true needs a stock backbone (resnet18/34/50/101)")
+        bad = [c for c in self.block_channels() if c % (2 * self.shuffle_groups)]
+        if bad:
+            raise ValueError(f"shuffle_groups {self.shuffle_groups}: block outputs of {bad} channels "
+                             f"do not divide by 2 x groups; choose fewer groups")
+        return self
+
+    def arch(self) -> tuple[str, tuple[int, int, int, int], tuple[int, int, int, int]]:
+        """(block, layers, channels) of the backbone."""
+        if self.backbone == "custom":
+            return self.block, self.layers, self.channels  # type: ignore[return-value]
+        return _STOCK_RESNETS[self.backbone]
+
+    def block_channels(self) -> list[int]:
+        block, _, channels = self.arch()
+        return [c * (4 if block == "bottleneck" else 1) for c in channels]
+
+
+_STOCK_RESNETS = {
+    "resnet18": ("basic", (2, 2, 2, 2), (64, 128, 256, 512)),
+    "resnet34": ("basic", (3, 4, 6, 3), (64, 128, 256, 512)),
+    "resnet50": ("bottleneck", (3, 4, 6, 3), (64, 128, 256, 512)),
+    "resnet101": ("bottleneck", (3, 4, 23, 3), (64, 128, 256, 512)),
+}
