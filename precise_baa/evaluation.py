@@ -232,7 +232,7 @@ def evaluate_pipeline(
     """Run ``pipeline`` over a labelled COCO set and write the evaluation report."""
     from tqdm.auto import tqdm
 
-    from .data import load_coco
+    from .data import load_coco, read_mask
     from .imaging import read_radiograph
 
     manifest = load_coco(coco, images, require_stages=True)
@@ -263,7 +263,7 @@ def evaluate_pipeline(
                     true_st[x.key].append(truth[x.key])
             seg = det.get("segment")
             if seg is not None and r.mask_path is not None and r.mask_path.is_file():
-                true_mask = read_radiograph(r.mask_path).pixels > 0.5
+                true_mask = read_mask(r.mask_path)
                 masks.append(mask_metrics(seg.mask, true_mask))
             if a.status == "ok" and r.bone_age is not None:
                 pred_age.append(a.bone_age_years)

@@ -49,6 +49,7 @@ def coco_entries(phantom: Phantom, image_id: int, file_name: str, mask_file: str
         "id": image_id, "file_name": file_name, "width": w, "height": h,
         "sex": phantom.sex, "chronological_age": phantom.chronological_age,
         "bone_age": phantom.bone_age, "maturity_score": phantom.maturity_score,
+        "phantom": True,  # synthetic: weights trained on it are marked phantom-trained
     }
     if mask_file is not None:
         image["mask_file"] = mask_file
