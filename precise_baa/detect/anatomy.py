@@ -1,0 +1,292 @@
+"""From raw detections to exactly one checked box per ROI.
+
+Two steps, both independent of the detector that produced the boxes:
+
+1. :func:`select_best` keeps the highest-scoring box of each ROI class (above a threshold).
+2. :func:`check_anatomy` drops boxes whose place in the hand is impossible and says why.
+
+The checks work in hand coordinates, not image coordinates: the wrist -> fingertip axis is
+estimated from the boxes themselves (median direction of bone pairs known to lie along the
+long and little fingers and from the forearm to them), and the thumb side from where ray I
+lies relative to rays III and V. A hand rotated by tens of degrees, or mirrored (a right hand),
+passes; a swapped, misplaced or duplicated ROI does not.
+
+Constraints (each with a tolerance of ``order_tolerance`` x the median box side):
+
+- radius and ulna lie proximal to every hand bone;
+- along each ray, MC -> PP -> MP -> DP run away from the wrist;
+- digit order I, III, V from the thumb side, comparing bones of the same or neighbouring rows
+  (MC, PP, MP, DP); the radius lies on the thumb side of the ulna;
+- no two ROIs claim the same bone (IoU above ``max_overlap``);
+- a box's side (square root of its area) is within ``size_factor`` of the median side.
+
+A violated constraint links two ROIs; the ROIs flagged form the smallest set that explains
+all violations (a minimum vertex cover). When several smallest sets tie, all their members are
+flagged: with a swapped pair nothing tells which label is right, so neither is trusted. Each dropped
+ROI gets a ``roi_implausible`` flag naming the violated constraints; a ROI without a box gets
+``roi_missing``. Nothing is ever guessed.
+
+>>> boxes, scores = select_best(bboxes, scores, labels, score_threshold=0.3)  # doctest: +SKIP
+>>> checked, flags = check_anatomy(boxes, scores)                                # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..interfaces import Detections
+from ..rois import ROI_BY_KEY, ROI_KEYS
+from ..schemas import Box, Flag
+
+FOREARM = ("radius", "ulna")
+#: ROI keys of each ray (digit), wrist -> fingertip
+RAYS: dict[int, tuple[str, ...]] = {
+    ray: tuple(k for k in sorted(ROI_KEYS, key=lambda k: ROI_BY_KEY[k].level)
+               if ROI_BY_KEY[k].ray == ray)
+    for ray in (1, 3, 5)
+}
+#: rays whose bones lie along the hand's long axis (the thumb is abducted)
+AXIAL_RAYS = (3, 5)
+
+
+class AnatomyParams(BaseModel):
+    """Tolerances of the anatomical plausibility checks (see the module docstring)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = True
+    size_factor: float = Field(3.0, gt=1.0, description="box side within median side x/÷ this")
+    order_tolerance: float = Field(
+        0.25, ge=0.0, description="allowed reversal of an order, fraction of the median box side")
+    max_overlap: float = Field(0.5, gt=0.0, le=1.0, description="IoU above which two ROIs collide")
+    min_boxes: int = Field(4, ge=2, description="fewer boxes than this: no relative checks")
+
+
+DEFAULT_PARAMS = AnatomyParams()
+
+
+# --------------------------------------------------------------------------------------------
+def select_best(
+    bboxes: np.ndarray,
+    scores: np.ndarray,
+    labels: np.ndarray,
+    *,
+    score_threshold: float = 0.0,
+) -> tuple[dict[str, Box | None], dict[str, float | None]]:
+    """The highest-scoring box of each ROI class (label ``i`` = ``ROI_KEYS[i]``).
+
+    ``bboxes`` ``[N, 4]`` xyxy, ``scores`` ``[N]``, ``labels`` ``[N]``. A class without a box
+    scoring at least ``score_threshold`` maps to ``None``.
+    """
+    bboxes = np.asarray(bboxes, dtype=np.float64).reshape(-1, 4)
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    labels = np.asarray(labels).reshape(-1).astype(np.int64)
+    boxes: dict[str, Box | None] = dict.fromkeys(ROI_KEYS)
+    best: dict[str, float | None] = dict.fromkeys(ROI_KEYS)
+    for i, key in enumerate(ROI_KEYS):
+        idx = np.flatnonzero((labels == i) & (scores >= score_threshold))
+        if idx.size:
+            j = idx[np.argmax(scores[idx])]
+            boxes[key], best[key] = Box.from_xyxy(bboxes[j]), float(scores[j])
+    return boxes, best
+
+
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class HandFrame:
+    """Unit vectors of the hand in image coordinates: ``axis`` wrist -> fingertips, ``thumb``
+    perpendicular to it, towards ray I (``None`` when the boxes do not tell)."""
+
+    axis: np.ndarray
+    thumb: np.ndarray | None
+
+
+def _unit(v: np.ndarray) -> np.ndarray | None:
+    n = float(np.hypot(*v))
+    return v / n if n > 1e-9 else None
+
+
+def hand_frame(boxes: Mapping[str, Box | None]) -> HandFrame | None:
+    """Estimate the hand's axes from its boxes; ``None`` when no axial pair is present.
+
+    The axis is the component-wise median of unit vectors between boxes whose order along the
+    hand is certain (forearm -> rays III/V, and pairs within rays III and V), so a minority of
+    wrong boxes does not tilt it.
+    """
+    c = {k: np.array(b.center) for k, b in boxes.items() if b is not None}
+    pairs = []
+    for ray in AXIAL_RAYS:
+        chain = [k for k in RAYS[ray] if k in c]
+        pairs += list(itertools.combinations(chain, 2))
+        pairs += [(f, k) for f in FOREARM if f in c for k in chain]
+    dirs = [u for a, b in pairs if (u := _unit(c[b] - c[a])) is not None]
+    if not dirs:
+        return None
+    axis = _unit(np.median(np.array(dirs), axis=0))
+    if axis is None:
+        return None
+    perp = np.array([-axis[1], axis[0]])
+    lateral = {k: float(v @ perp) for k, v in c.items()}
+    thumb_side = [lateral[k] for k in RAYS[1] if k in lateral]
+    other = [lateral[k] for r in AXIAL_RAYS for k in RAYS[r] if k in lateral]
+    if thumb_side and other:
+        sign = np.sign(np.median(thumb_side) - np.median(other))
+    elif "radius" in lateral and "ulna" in lateral:
+        sign = np.sign(lateral["radius"] - lateral["ulna"])
+    else:
+        sign = 0.0
+    return HandFrame(axis=axis, thumb=perp * sign if sign else None)
+
+
+# --------------------------------------------------------------------------------------------
+def _iou(a: Box, b: Box) -> float:
+    iw = max(0.0, min(a.x1, b.x1) - max(a.x0, b.x0))
+    ih = max(0.0, min(a.y1, b.y1) - max(a.y0, b.y0))
+    inter = iw * ih
+    union = a.width * a.height + b.width * b.height - inter
+    return inter / union if union > 0 else 0.0
+
+
+def _side(b: Box) -> float:
+    return math.sqrt(max(b.width, 0.0) * max(b.height, 0.0))
+
+
+def _order_pairs() -> list[tuple[str, str, str]]:
+    """``(a, b, kind)``: ``a`` must be proximal (kind ``axial``) / thumb-side (``lateral``) of ``b``."""
+    out: list[tuple[str, str, str]] = []
+    hand = [k for k in ROI_KEYS if k not in FOREARM]
+    out += [(f, k, "axial") for f in FOREARM for k in hand]
+    for chain in RAYS.values():
+        out += [(a, b, "axial") for a, b in itertools.combinations(chain, 2)]
+    # digit order within each row and between neighbouring rows (a thumb's metacarpal base
+    # may lie level with a spread middle finger's tip, so rows far apart are not compared)
+    for r1, r2 in ((1, 3), (1, 5), (3, 5)):
+        out += [(a, b, "lateral") for a in RAYS[r1] for b in RAYS[r2]
+                if abs(ROI_BY_KEY[a].level - ROI_BY_KEY[b].level) <= 1]
+    out.append(("radius", "ulna", "lateral"))
+    return out
+
+
+ORDER_PAIRS = _order_pairs()
+
+
+def _describe(a: str, b: str, kind: str) -> str:
+    na, nb = ROI_BY_KEY[a].name, ROI_BY_KEY[b].name
+    if kind == "axial":
+        return f"{na} is not proximal to {nb}"
+    if kind == "lateral":
+        return f"{na} is not on the thumb side of {nb}"
+    return f"{na} overlaps {nb}"
+
+
+def _minimum_covers(edges: Sequence[tuple[str, str]]) -> set[str]:
+    """Union of all minimum vertex covers of the graph ``edges`` (small graphs only)."""
+    nodes = sorted({n for e in edges for n in e})
+    for size in range(1, len(nodes) + 1):
+        covers = [set(s) for s in itertools.combinations(nodes, size)
+                  if all(a in s or b in s for a, b in edges)]
+        if covers:
+            return set().union(*covers)
+    return set(nodes)
+
+
+def check_anatomy(
+    boxes: Mapping[str, Box | None],
+    scores: Mapping[str, float | None] | None = None,
+    params: AnatomyParams = DEFAULT_PARAMS,
+) -> tuple[dict[str, Box | None], list[Flag]]:
+    """Drop implausible boxes; return the checked boxes (all 13 keys) and the flags raised.
+
+    Missing ROIs (``None`` or absent) are flagged ``roi_missing``; dropped ones
+    ``roi_implausible`` with the reason, their box and score in the message.
+    """
+    out: dict[str, Box | None] = {k: boxes.get(k) for k in ROI_KEYS}
+    scores = scores or {}
+    reasons: dict[str, list[str]] = {}
+    present = [k for k in ROI_KEYS if out[k] is not None]
+    if params.enabled and len(present) >= params.min_boxes:
+        median = float(np.median([_side(out[k]) for k in present]))  # type: ignore[arg-type]
+        for k in present:
+            ratio = _side(out[k]) / median if median > 0 else 1.0  # type: ignore[arg-type]
+            if not 1.0 / params.size_factor <= ratio <= params.size_factor:
+                reasons.setdefault(k, []).append(
+                    f"box size {ratio:.2g} x the median ROI size (allowed 1/{params.size_factor:g}"
+                    f" to {params.size_factor:g})")
+        kept = {k: out[k] for k in present if k not in reasons}
+        edges, why = _violations(kept, median * params.order_tolerance, params.max_overlap)
+        for k in _minimum_covers(edges) if edges else ():
+            reasons.setdefault(k, []).extend(w for (a, b), w in why if k in (a, b))
+    flags: list[Flag] = []
+    for k in ROI_KEYS:
+        name = ROI_BY_KEY[k].name
+        if out[k] is None:
+            flags.append(Flag(code="roi_missing", stage="detect", roi=k,
+                              message=f"{name}: not found"))
+        elif k in reasons:
+            b, s = out[k], scores.get(k)
+            where = ", ".join(f"{v:.0f}" for v in b.as_list())  # type: ignore[union-attr]
+            score = f", score {s:.2f}" if s is not None else ""
+            flags.append(Flag(code="roi_implausible", stage="detect", roi=k,
+                              message=f"{name}: implausible box ({where}{score}): "
+                                      + _summary(reasons[k])))
+            out[k] = None
+    return out, flags
+
+
+def _summary(reasons: Sequence[str], most: int = 3) -> str:
+    unique = list(dict.fromkeys(reasons))
+    more = f" (+{len(unique) - most} more)" if len(unique) > most else ""
+    return "; ".join(unique[:most]) + more
+
+
+def _violations(
+    boxes: Mapping[str, Box], tol: float, max_overlap: float
+) -> tuple[list[tuple[str, str]], list[tuple[tuple[str, str], str]]]:
+    """Violated pairwise constraints among ``boxes``: graph edges and their descriptions."""
+    edges: list[tuple[str, str]] = []
+    why: list[tuple[tuple[str, str], str]] = []
+
+    def add(a: str, b: str, kind: str) -> None:
+        edges.append((a, b))
+        why.append(((a, b), _describe(a, b, kind)))
+
+    for a, b in itertools.combinations(list(boxes), 2):
+        if _iou(boxes[a], boxes[b]) > max_overlap:
+            add(a, b, "overlap")
+    frame = hand_frame(boxes)
+    if frame is None:
+        return edges, why
+    centre = {k: np.array(b.center) for k, b in boxes.items()}
+    for a, b, kind in ORDER_PAIRS:
+        if a not in centre or b not in centre:
+            continue
+        direction = frame.axis if kind == "axial" else frame.thumb
+        if direction is None:
+            continue
+        # a before b: proximal along the axis / towards the thumb along the lateral axis
+        gap = float((centre[b] - centre[a]) @ direction)
+        if kind == "lateral":
+            gap = -gap
+        if gap < -tol:
+            add(a, b, kind)
+    return edges, why
+
+
+def finalize(
+    boxes: Mapping[str, Box | None],
+    scores: Mapping[str, float | None],
+    params: AnatomyParams = DEFAULT_PARAMS,
+) -> Detections:
+    """:func:`check_anatomy` wrapped into the stage result (scores of dropped ROIs cleared)."""
+    checked, flags = check_anatomy(boxes, scores, params)
+    return Detections(
+        boxes=checked,
+        scores={k: (scores.get(k) if checked[k] is not None else None) for k in ROI_KEYS},
+        flags=flags,
+    )

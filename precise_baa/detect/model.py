@@ -1,0 +1,154 @@
+"""The stage-2 predictor: hand crops in, exactly one checked box (or a flag) per ROI out.
+
+>>> det = load_stage("detect", weights="weights/detect-detectors-lite")   # doctest: +SKIP
+>>> d = det.detect([crop])[0]                                            # doctest: +SKIP
+>>> d.boxes["radius"], d.scores["radius"], [f.code for f in d.flags]     # doctest: +SKIP
+(Box(x0=..., ...), 0.98, [])
+
+Input: float32 ``[H, W]`` grayscale in ``[0, 1]`` (bright = bone), as
+:func:`precise_baa.segment.cleanup.hand_crop` produces. Training reads the same crops as 8-bit
+PNGs, so the predictor scales by 255 and repeats the channel when the model expects 3; the
+config's test pipeline (resize) and data preprocessor (mean/std, padding) do the rest, in
+memory. Boxes come back in the input image's pixel coordinates. After the detector,
+:func:`precise_baa.detect.anatomy.select_best` keeps one box per ROI and
+:func:`~precise_baa.detect.anatomy.check_anatomy` drops implausible ones with a flag.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import InputError
+from ..interfaces import Detections
+from ..schemas import ModelInfo
+from ..training import pick_device
+from ..weights import load_into, load_weights, save_weights
+from .anatomy import finalize, select_best
+from .config import (
+    build_model,
+    count_parameters,
+    inference_pipeline,
+    input_channels,
+    load_config,
+    resolved_recipe,
+)
+from .recipe import DetectRecipe
+
+
+@dataclass(frozen=True)
+class RawDetections:
+    """All boxes the detector kept for one image (before one-per-ROI selection)."""
+
+    bboxes: np.ndarray  # [N, 4] xyxy, input image pixels
+    scores: np.ndarray  # [N]
+    labels: np.ndarray  # [N] index into ROI_KEYS
+
+
+def to_model_input(image: np.ndarray, channels: int = 3) -> np.ndarray:
+    """Float ``[H, W]`` in [0, 1] -> float32 ``[H, W, C]`` in [0, 255] (the 8-bit PNG range)."""
+    img = np.asarray(image)
+    if img.ndim != 2:
+        raise InputError(f"the detector takes 2-D grayscale images, got shape {img.shape}")
+    if img.size == 0:
+        raise InputError("the detector got an empty image")
+    x = np.clip(img.astype(np.float32, copy=False), 0.0, 1.0) * np.float32(255.0)
+    return np.repeat(x[:, :, None], channels, axis=2)
+
+
+class MmdetDetector:
+    """An mmdet detector behind the stage contract (:class:`precise_baa.interfaces.Detector`)."""
+
+    def __init__(self, model: torch.nn.Module, cfg: Any, recipe: DetectRecipe, *,
+                 device: str | None = None, info: ModelInfo | None = None):
+        self.recipe = resolved_recipe(recipe, cfg)
+        self.cfg = cfg
+        self.device = pick_device(device)
+        self.model = model.to(self.device).eval()
+        self.pipeline = inference_pipeline(cfg)
+        self.channels = input_channels(cfg)
+        self.info = info or ModelInfo(stage="detect", implementation=recipe.implementation,
+                                      name=recipe.display_name)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_recipe(cls, recipe: DetectRecipe, weights: str | Path | None = None,
+                    device: str | None = None) -> MmdetDetector:
+        """Build the recipe's detector; load ``weights`` (a weights folder) into it if given.
+
+        Without weights the model is initialised as the config says (random unless the recipe
+        asks for ``pretrained``).
+        """
+        cfg = load_config(recipe)
+        model = build_model(cfg, init_weights=weights is None)
+        info = None
+        if weights is not None:
+            loaded = load_weights(weights)
+            load_into(model, loaded)
+            info = ModelInfo(stage="detect", implementation=recipe.implementation,
+                             name=recipe.name or Path(loaded.path).name, weights=str(weights),
+                             sha256=loaded.sha256, phantom_trained=loaded.phantom_trained)
+        return cls(model, cfg, recipe, device=device, info=info)
+
+    def save_pretrained(self, out_dir: str | Path, card: dict[str, Any] | None = None,
+                        half: bool = False) -> Path:
+        """Write a weights folder (safetensors + recipe with the config as data + card)."""
+        return save_weights(out_dir, self.model.state_dict(), self.recipe,
+                            card={**input_card(self.cfg), **(card or {})}, half=half)
+
+    @property
+    def num_parameters(self) -> int:
+        return count_parameters(self.model)
+
+    # ------------------------------------------------------------------ inference
+    def predict_raw(self, images: Sequence[np.ndarray]) -> list[RawDetections]:
+        """Every box the model outputs (after its own NMS and score threshold), per image."""
+        from mmengine.dataset import pseudo_collate
+
+        out: list[RawDetections] = []
+        step = self.recipe.max_batch
+        self.model.eval()
+        for start in range(0, len(images), step):
+            chunk = images[start:start + step]
+            batch = pseudo_collate([
+                self.pipeline({"img": to_model_input(img, self.channels), "img_id": start + i})
+                for i, img in enumerate(chunk)
+            ])
+            with torch.inference_mode():
+                results = self.model.test_step(batch)
+            for r in results:
+                p = r.pred_instances
+                out.append(RawDetections(
+                    bboxes=p.bboxes.detach().float().cpu().numpy().reshape(-1, 4),
+                    scores=p.scores.detach().float().cpu().numpy().reshape(-1),
+                    labels=p.labels.detach().cpu().numpy().reshape(-1),
+                ))
+        return out
+
+    def detect(self, images: Sequence[np.ndarray]) -> list[Detections]:
+        """One :class:`Detections` per image: 13 boxes or ``None`` with a flag saying why."""
+        results = []
+        for raw in self.predict_raw(images):
+            boxes, scores = select_best(raw.bboxes, raw.scores, raw.labels,
+                                        score_threshold=self.recipe.score_threshold)
+            results.append(finalize(boxes, scores, self.recipe.anatomy))
+        return results
+
+
+def input_card(cfg: Any) -> dict[str, Any]:
+    """What a reader of the weights needs to know about the input (stored in the card)."""
+    resize = next((s for s in cfg.get("test_pipeline", []) if "Resize" in s.get("type", "")), {})
+    pre = cfg.model.get("data_preprocessor") or {}
+    return {"input": {
+        "image": "float32 grayscale hand crop in [0, 1] (precise_baa.segment hand_crop), "
+                 "x255, repeated to the model's channels",
+        "channels": input_channels(cfg),
+        "resize": {"scale": list(resize.get("scale", [])), "keep_ratio": resize.get("keep_ratio")},
+        "mean": list(pre.get("mean", [])), "std": list(pre.get("std", [])),
+        "pad_size_divisor": pre.get("pad_size_divisor"),
+    }, "intended_use": "13 RUS ROI boxes on hand crops for bone age assessment (stage 2)"}

@@ -1,0 +1,47 @@
+"""The detect-stage recipe: an mmdet config plus how its raw boxes become 13 checked ROIs.
+
+A recipe is usually just the config file (``stages/detect/detectors-cascade-rcnn-lite.py``;
+:func:`precise_baa.registry.read_recipe` wraps it), or a YAML file naming it with settings::
+
+    stage: detect
+    implementation: mmdet
+    config: stages/detect/detectors-cascade-rcnn-r50.py
+    pretrained: true          # ImageNet backbone weights (downloads once; off by default)
+    score_threshold: 0.3
+    anatomy: {size_factor: 3.5}
+
+A weights folder stores the recipe with ``mmdet_config``, the config resolved to plain data,
+so loading trained weights never executes a Python file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+
+from ..schemas import Recipe
+from .anatomy import AnatomyParams
+
+
+class DetectRecipe(Recipe):
+    """Recipe of the ``mmdet`` detect implementation."""
+
+    stage: Literal["detect"] = "detect"
+    implementation: Literal["mmdet"] = "mmdet"
+    #: path of the mmdet config (``.py``), relative to the working directory or the repo root
+    config: str
+    #: the resolved config as data (written into weights folders; takes precedence over ``config``)
+    mmdet_config: dict[str, Any] | None = None
+    #: initialise the backbone from ImageNet weights as the config names them (a download)
+    pretrained: bool = False
+    #: a box counts only with at least this score
+    score_threshold: float = Field(0.05, ge=0.0, le=1.0)
+    #: images per forward pass at inference
+    max_batch: int = Field(4, ge=1)
+    anatomy: AnatomyParams = AnatomyParams()
+
+    @property
+    def display_name(self) -> str:
+        return self.name or Path(self.config).stem

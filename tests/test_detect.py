@@ -1,0 +1,293 @@
+"""Stage 2: box selection and anatomical checks, mmdet configs, predictor, training, evaluation."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from precise_baa.detect.anatomy import AnatomyParams, check_anatomy, hand_frame, select_best
+from precise_baa.errors import RecipeError
+from precise_baa.interfaces import Detector
+from precise_baa.registry import load_stage, read_recipe
+from precise_baa.rois import ROI_KEYS
+from precise_baa.schemas import Box
+from precise_baa.synth import generate_dataset, render_phantom
+
+RECIPES = Path(__file__).parent / "recipes"
+TINY = RECIPES / "detect-tiny.py"
+
+torch.set_num_threads(1)
+
+
+# --------------------------------------------------------------------------------------------
+# Geometry helpers: phantom ground-truth boxes, rotated / mirrored as whole hands
+def _rotate(boxes: dict[str, Box], degrees: float, mirror: bool = False) -> dict[str, Box]:
+    """Boxes of the hand turned by ``degrees`` (and mirrored left-right first): each box's
+    corners are moved and re-boxed, as an annotator would box the rotated bone."""
+    a = math.radians(degrees)
+    rot = np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
+    centre = np.mean([b.center for b in boxes.values()], axis=0)
+    out = {}
+    for k, b in boxes.items():
+        pts = np.array([[b.x0, b.y0], [b.x1, b.y0], [b.x1, b.y1], [b.x0, b.y1]])
+        if mirror:
+            pts[:, 0] = 2 * centre[0] - pts[:, 0]
+        pts = (pts - centre) @ rot.T + centre
+        out[k] = Box(x0=pts[:, 0].min(), y0=pts[:, 1].min(), x1=pts[:, 0].max(), y1=pts[:, 1].max())
+    return out
+
+
+def _flagged(flags, code: str) -> set[str]:
+    return {f.roi for f in flags if f.code == code}
+
+
+@pytest.fixture(scope="module")
+def hands() -> list[dict[str, Box]]:
+    return [render_phantom(seed, 256).boxes for seed in range(12)]
+
+
+# --------------------------------------------------------------------------------------------
+# Selection
+def test_select_best_keeps_the_top_box_of_each_class_above_the_threshold():
+    bboxes = np.array([[0, 0, 10, 10], [5, 5, 20, 20], [1, 1, 4, 4], [30, 30, 40, 40]], float)
+    scores = np.array([0.4, 0.9, 0.2, 0.03])
+    labels = np.array([0, 0, 2, 5])
+    boxes, best = select_best(bboxes, scores, labels, score_threshold=0.05)
+    assert boxes["radius"] == Box(x0=5, y0=5, x1=20, y1=20) and best["radius"] == pytest.approx(0.9)
+    assert boxes["mc1"] == Box(x0=1, y0=1, x1=4, y1=4)
+    assert boxes["pp1"] is None and best["pp1"] is None  # below the threshold
+    assert set(boxes) == set(ROI_KEYS) and sum(b is not None for b in boxes.values()) == 2
+
+
+# --------------------------------------------------------------------------------------------
+# Anatomy
+@pytest.mark.parametrize("degrees", [-20.0, 0.0, 20.0])
+@pytest.mark.parametrize("mirror", [False, True])
+def test_anatomy_accepts_rotated_and_mirrored_hands(hands, degrees, mirror):
+    for boxes in hands:
+        checked, flags = check_anatomy(_rotate(boxes, degrees, mirror))
+        assert flags == [], [f.message for f in flags]
+        assert all(checked[k] is not None for k in ROI_KEYS)
+
+
+def test_hand_frame_follows_the_hand_not_the_image(hands):
+    base = hand_frame(hands[0])
+    for degrees in (-20.0, 20.0, 90.0):
+        frame = hand_frame(_rotate(hands[0], degrees))
+        turned = math.degrees(math.atan2(frame.axis[1], frame.axis[0])
+                              - math.atan2(base.axis[1], base.axis[0]))
+        assert abs((turned - degrees + 180) % 360 - 180) < 3.0
+        # the thumb direction turns with the hand too
+        assert float(frame.thumb @ base.thumb) == pytest.approx(math.cos(math.radians(degrees)),
+                                                                 abs=0.06)
+    assert base.axis[1] < -0.9  # phantoms: fingers up (towards smaller y)
+
+
+@pytest.mark.parametrize("pair", [("pp3", "mp3"), ("radius", "ulna"), ("mc1", "mc5"),
+                                  ("dp1", "dp5"), ("mc3", "dp3")])
+def test_anatomy_flags_both_rois_of_a_swapped_pair_and_nothing_else(hands, pair):
+    a, b = pair
+    for degrees in (-20.0, 0.0, 20.0):
+        boxes = _rotate(hands[1], degrees)
+        boxes[a], boxes[b] = boxes[b], boxes[a]
+        scores = dict.fromkeys(ROI_KEYS, 0.9)
+        checked, flags = check_anatomy(boxes, scores)
+        assert _flagged(flags, "roi_implausible") == {a, b}, [f.message for f in flags]
+        assert checked[a] is None and checked[b] is None
+        assert sum(v is not None for v in checked.values()) == 11
+        assert all(f.stage == "detect" for f in flags)
+
+
+def test_anatomy_flags_missing_misplaced_and_oversized_rois(hands):
+    boxes = dict(hands[2])
+    boxes["dp3"] = None
+    del boxes["mp5"]
+    boxes["radius"] = boxes["mc3"].shift(2.0, 3.0)  # a second metacarpal III called radius
+    big = boxes["dp5"]
+    boxes["dp5"] = Box(x0=big.x0, y0=big.y0, x1=big.x0 + 8 * big.width, y1=big.y0 + 8 * big.height)
+    checked, flags = check_anatomy(boxes, dict.fromkeys(ROI_KEYS, 0.5))
+    assert _flagged(flags, "roi_missing") == {"dp3", "mp5"}
+    assert _flagged(flags, "roi_implausible") == {"radius", "dp5"}
+    by_roi = {f.roi: f.message for f in flags}
+    assert "not found" in by_roi["dp3"]
+    assert "box size" in by_roi["dp5"] and "Radius" in by_roi["radius"]
+    assert checked["mc3"] == boxes["mc3"]  # the real metacarpal III stays
+    assert check_anatomy(boxes, params=AnatomyParams(enabled=False))[0]["radius"] is not None
+
+
+# --------------------------------------------------------------------------------------------
+# Recipes and configs (no model built)
+def test_py_recipe_and_yaml_recipe(tmp_path):
+    r = read_recipe("detect", "stages/detect/detectors-cascade-rcnn-lite.py")
+    assert r.implementation == "mmdet" and r.config.endswith("lite.py") and not r.pretrained
+    y = tmp_path / "det.yaml"
+    y.write_text("stage: detect\nimplementation: mmdet\nconfig: stages/detect/faster-rcnn-r50.py\n"
+                 "score_threshold: 0.3\nanatomy: {size_factor: 4}\n")
+    r = read_recipe("detect", y)
+    assert r.score_threshold == 0.3 and r.anatomy.size_factor == 4
+    y.write_text("stage: detect\nimplementation: mmdet\nconfig: x.py\nanatomy: {sise_factor: 4}\n")
+    with pytest.raises(RecipeError, match="anatomy.sise_factor: unknown field"):
+        read_recipe("detect", y)
+
+
+def test_configs_are_offline_unless_pretrained_and_survive_json():
+    pytest.importorskip("mmdet")
+    from precise_baa.detect.config import decode_config, encode_config, load_config
+    from precise_baa.detect.recipe import DetectRecipe
+
+    full = "stages/detect/detectors-cascade-rcnn-r50.py"
+    cfg = load_config(DetectRecipe(config=full))
+    assert cfg.model.backbone.init_cfg is None and cfg.model.neck.rfp_backbone.pretrained is None
+    assert cfg.model.backbone.frozen_stages == -1 and cfg.model.backbone.norm_eval is False
+    assert cfg.model.neck.rfp_steps == 2 and cfg.model.backbone.stage_with_sac == (False, True, True, True)
+    assert [h.num_classes for h in cfg.model.roi_head.bbox_head] == [13, 13, 13]
+    assert [s.assigner.pos_iou_thr for s in cfg.model.train_cfg.rcnn] == [0.5, 0.6, 0.7]
+    online = load_config(DetectRecipe(config=full, pretrained=True))
+    assert online.model.backbone.init_cfg["checkpoint"] == "torchvision://resnet50"
+    data = json.loads(json.dumps(encode_config(cfg.to_dict())))
+    back = decode_config(data)
+    assert back["model"]["backbone"]["stage_with_sac"] == (False, True, True, True)  # tuples kept
+    assert isinstance(back["model"]["neck"]["in_channels"], list)  # lists stay lists
+    assert back["test_pipeline"][1]["scale"] == (1024, 1024)
+
+
+def test_config_with_other_classes_is_refused(tmp_path):
+    pytest.importorskip("mmdet")
+    bad = tmp_path / "coco80.py"
+    bad.write_text(TINY.read_text().replace("'dp5')", "'dp5', 'dp2')", 1))
+    with pytest.raises(RecipeError, match="differ from the 13 ROI keys"):
+        load_stage("detect", recipe=bad)
+    with pytest.raises(RecipeError, match="mmdet config file not found"):
+        load_stage("detect", recipe={"stage": "detect", "implementation": "mmdet", "config": "nope.py"})
+
+
+# --------------------------------------------------------------------------------------------
+# Predictor
+@pytest.fixture(scope="module")
+def tiny():
+    pytest.importorskip("mmdet")
+    return load_stage("detect", recipe=TINY)
+
+
+def test_trained_tiny_detector_gives_one_box_per_roi_in_input_coordinates(trained):
+    out, _ = trained
+    recipe = json.loads((out / "recipe.json").read_text())
+    # keep every box and skip the checks: after two steps the toy model is far from a hand
+    recipe.update(score_threshold=0.0, anatomy={"enabled": False})
+    det = load_stage("detect", recipe=recipe, weights=out)
+    assert isinstance(det, Detector) and det.info.implementation == "mmdet"
+    rng = np.random.default_rng(0)
+    images = [rng.random((320, 240), dtype=np.float32), rng.random((150, 200), dtype=np.float32),
+              render_phantom(3, 192).image]
+    raw = det.predict_raw(images)
+    dets = det.detect(images)
+    assert len(dets) == len(images) == len(raw)
+    for img, r, d in zip(images, raw, dets, strict=True):
+        h, w = img.shape
+        assert set(d.boxes) == set(ROI_KEYS) and d.missing == [] and d.flags == []
+        xyxy = np.array([b.as_list() for b in d.boxes.values()])
+        assert (xyxy[:, 0] >= 0).all() and (xyxy[:, 2] <= w + 1e-3).all() and (xyxy[:, 3] <= h + 1e-3).all()
+        # the best box of each class is what was selected
+        for i, k in enumerate(ROI_KEYS):
+            assert d.scores[k] == pytest.approx(float(r.scores[r.labels == i].max()))
+    # boxes are mapped back to the 320 px tall input, not left in the 160 px resized frame
+    assert raw[0].bboxes[:, 3].max() > 200
+    with pytest.raises(Exception, match="2-D grayscale"):
+        det.detect([np.zeros((10, 10, 3), np.float32)])
+
+
+def test_weights_round_trip_is_exact_and_runs_no_python(tiny, tmp_path, monkeypatch):
+    from mmengine.config import Config
+
+    out = tiny.save_pretrained(tmp_path / "tiny", card={"note": "test"})
+    stored = json.loads((out / "recipe.json").read_text())
+    assert stored["mmdet_config"]["model"]["type"] == "CascadeRCNN"
+    card = json.loads((out / "card.json").read_text())
+    assert card["input"]["resize"]["scale"] == [160, 160] and card["note"] == "test"
+
+    def refuse(*a, **k):
+        raise AssertionError("loading weights must not execute a config file")
+
+    monkeypatch.setattr(Config, "fromfile", staticmethod(refuse))
+    again = load_stage("detect", weights=out)
+    assert again.info.sha256 == card["sha256"]
+    assert again.recipe.mmdet_config == tiny.recipe.mmdet_config
+    img = [render_phantom(5, 160).image]
+    a, b = tiny.predict_raw(img)[0], again.predict_raw(img)[0]
+    assert len(a.scores) > 0
+    np.testing.assert_array_equal(a.bboxes, b.bboxes)
+    np.testing.assert_array_equal(a.scores, b.scores)
+
+
+# --------------------------------------------------------------------------------------------
+# Training and evaluation on phantoms
+@pytest.fixture(scope="module")
+def phantoms(tmp_path_factory) -> Path:
+    return generate_dataset(tmp_path_factory.mktemp("phantoms"), n=6, seed=1, size=160,
+                            progress=False)
+
+
+@pytest.fixture(scope="module")
+def trained(phantoms, tmp_path_factory):
+    pytest.importorskip("mmdet")
+    from precise_baa.detect.train import train_detector
+
+    out = tmp_path_factory.mktemp("weights") / "detect-tiny"
+    res = train_detector(TINY, phantoms, None, out, epochs=1, batch_size=2, val_fraction=0.34,
+                         workers=0, seed=0, phantom=True)
+    return out, res
+
+
+def test_training_exports_safetensors_with_config_and_history(trained):
+    out, res = trained
+    assert res.best_epoch == 1 and 0.0 <= res.best_metric <= 1.0
+    for folder in (out, out / "last"):
+        assert {"model.safetensors", "recipe.json", "card.json"} <= {p.name for p in folder.iterdir()}
+    assert not [p for p in out.rglob("*") if p.suffix in (".pth", ".pkl", ".pt")]
+    assert not list(out.glob(".detect-data-*"))  # temporary crops removed
+    card = json.loads((out / "card.json").read_text())
+    assert card["phantom_trained"] is True and card["training_data"]["val"] == 2
+    assert "coco/bbox_mAP" in card["metrics"] and set(card["metrics"]["per_roi_ap"]) == set(ROI_KEYS)
+    history = json.loads((out / "history.json").read_text())
+    assert history[0]["epoch"] == 1 and history[0]["train_loss"] > 0
+    recipe = json.loads((out / "recipe.json").read_text())
+    datasets = recipe["mmdet_config"]["train_dataloader"]["dataset"]
+    assert datasets["data_root"] == ""  # the stored config names no temporary paths
+
+
+def test_evaluate_detector_and_cli(trained, phantoms, tmp_path, cli):
+    from precise_baa.detect.evaluate import evaluate_detector
+
+    out, _ = trained
+    det = load_stage("detect", weights=out)
+    res = evaluate_detector(det, phantoms, out_dir=tmp_path / "ev", progress=False)
+    assert res["n_images"] == 6 and set(res["per_roi"]) == set(ROI_KEYS)
+    assert 0.0 <= res["map"] <= res["map50"] <= 1.0 and 0.0 <= res["all_13_found"] <= 1.0
+    per = res["per_roi"]["radius"]
+    assert per["missing"] + per["implausible"] <= 6
+    assert (tmp_path / "ev" / "evaluation.md").read_text().count("|") > 13 * 5
+    r = cli("evaluate", "detect", "--weights", str(out), "--coco", str(phantoms),
+            "--out", str(tmp_path / "cli"), "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert "All 13 ROIs found" in r.stdout and (tmp_path / "cli" / "evaluation.json").is_file()
+    r = cli("train", "detect", "--recipe", "missing.py", "--coco", str(phantoms), "--out",
+            str(tmp_path / "x"))
+    assert r.returncode == 2 and "missing.py: mmdet config file not found" in r.stderr
+
+
+# --------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_shipped_configs_build_with_expected_sizes():
+    sizes = {}
+    for name in ("detectors-cascade-rcnn-r50", "detectors-cascade-rcnn-lite", "faster-rcnn-r50"):
+        det = load_stage("detect", recipe=f"stages/detect/{name}.py")
+        sizes[name] = det.num_parameters
+        d = det.detect([render_phantom(0, 256).image])[0]
+        assert set(d.boxes) == set(ROI_KEYS)
+    assert 120e6 < sizes["detectors-cascade-rcnn-r50"] < 130e6
+    assert sizes["detectors-cascade-rcnn-lite"] < sizes["faster-rcnn-r50"] < sizes["detectors-cascade-rcnn-r50"]
