@@ -132,6 +132,12 @@ class Pipeline:
         self.device = device
         self.precision = precision
         self.phantom_trained = any(st.info.phantom_trained for st in self.stages.values())
+        grade_std = getattr(self.stages["grade"].obj, "standard", None)
+        if grade_std is not None and grade_std != self.standard:
+            raise RecipeError(
+                f"the grade stage predicts {grade_std} stages but the score stage expects {self.standard}: "
+                f"use a {self.standard} grader (grade recipe `standard: {self.standard}`) or a "
+                f"{grade_std} scorer (stages/score/{grade_std}.yaml)")
 
     # ---------------------------------------------------------------- construction
     @classmethod
