@@ -39,6 +39,72 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def with_training_overrides(recipe, **overrides):
+    """``recipe`` with the non-None ``overrides`` applied to its ``training`` block, re-validated
+    (so a bad value from the command line fails with the field's name)."""
+    changes = {k: v for k, v in overrides.items() if v is not None}
+    if not changes:
+        return recipe
+    recipe = recipe.model_copy(update={"training": recipe.training.model_copy(update=changes)})
+    return type(recipe).model_validate(recipe.model_dump())
+
+
+@dataclass
+class Loaders:
+    """Train/validation datasets and loaders of one training run (see :func:`make_loaders`)."""
+
+    train_items: list
+    val_items: list  # empty when validation falls back to the training set
+    train_ds: Any
+    val_ds: Any
+    train: Any  # DataLoader
+    val: Any  # DataLoader
+
+
+def make_loaders(
+    items: list,
+    make_dataset: Callable[[list, bool], Any],
+    *,
+    val_fraction: float,
+    seed: int,
+    batch_size: int,
+    val_batch_size: int,
+    workers: int,
+    device: str,
+    cache: bool,
+) -> Loaders:
+    """Split ``items`` by image, build the datasets and their loaders.
+
+    ``make_dataset(items, train)`` returns a dataset with ``as_eval()`` (same items, no
+    augmentation) and ``preload()`` (fill its cache). With no validation images, validation
+    runs on the training images (a warning says so).
+    """
+    import logging
+
+    import torch
+    from torch.utils.data import DataLoader
+
+    from .data import split_records
+
+    train_items, val_items = split_records(items, val_fraction, seed)
+    train_ds = make_dataset(train_items, True)
+    if val_items:
+        val_ds = make_dataset(val_items, False)
+    else:
+        logging.getLogger(__name__).warning(
+            "no validation images (val_fraction %s): validating on the training set", val_fraction)
+        val_ds = train_ds.as_eval()
+    if cache:  # read every image once, before DataLoader workers fork and share the cache
+        train_ds.preload()
+        val_ds.preload()
+    common = dict(num_workers=workers, pin_memory=device.startswith("cuda"))
+    train = DataLoader(train_ds, batch_size=batch_size, shuffle=True,
+                       generator=torch.Generator().manual_seed(seed),
+                       drop_last=len(train_ds) > batch_size, **common)
+    val = DataLoader(val_ds, batch_size=val_batch_size, shuffle=False, **common)
+    return Loaders(train_items, val_items, train_ds, val_ds, train, val)
+
+
 @dataclass
 class FitResult:
     out_dir: Path

@@ -23,11 +23,18 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from ..crops import Jitter, crop_rois, present_mask
-from ..data import ImageRecord, load_coco, split_records
+from ..data import ImageRecord, load_coco
 from ..errors import InputError
 from ..registry import parse_recipe, read_recipe
 from ..rois import ROI_KEYS, stage_counts
-from ..training import FitResult, fit, pick_device, seed_everything
+from ..training import (
+    FitResult,
+    fit,
+    make_loaders,
+    pick_device,
+    seed_everything,
+    with_training_overrides,
+)
 from ..weights import PHANTOM_NOTICE
 from .models import GraderOutput, build_model
 from .predictor import RoiGrader, input_card, sex_index
@@ -245,34 +252,20 @@ def train_grader(
         recipe = read_recipe("grade", recipe)
     elif isinstance(recipe, dict):
         recipe = parse_recipe("grade", recipe)
-    overrides = {k: v for k, v in (("epochs", epochs), ("batch_size", batch_size), ("lr", lr),
-                                   ("val_fraction", val_fraction)) if v is not None}
-    if overrides:
-        recipe = recipe.model_copy(update={"training": recipe.training.model_copy(update=overrides)})
-        recipe = type(recipe).model_validate(recipe.model_dump())  # re-check the new values
+    recipe = with_training_overrides(recipe, epochs=epochs, batch_size=batch_size, lr=lr,
+                                     val_fraction=val_fraction)
     t = recipe.training
     device = pick_device(device)
     seed_everything(seed)
     manifest = load_coco(coco, images_dir)
     records = _usable(manifest.records, recipe, str(coco))
-    train_recs, val_recs = split_records(records, t.val_fraction, seed)
-    val_is_train = not val_recs
-    if val_is_train:
-        log.warning("no validation images (val_fraction %s): validating on the training set",
-                    t.val_fraction)
-        val_recs = train_recs
-
-    train_ds = GradeDataset(train_recs, recipe, train=True, seed=seed, cache=cache)
-    val_ds = train_ds.as_eval() if val_is_train else \
-        GradeDataset(val_recs, recipe, train=False, cache=cache)
-    if cache:  # read every image once, before DataLoader workers fork and share the cache
-        train_ds.preload()
-        val_ds.preload()
-    gen = torch.Generator().manual_seed(seed)
-    common = dict(num_workers=workers, pin_memory=device.startswith("cuda"))
-    train_loader = DataLoader(train_ds, batch_size=t.batch_size, shuffle=True, generator=gen,
-                              drop_last=len(train_ds) > t.batch_size, **common)
-    val_loader = DataLoader(val_ds, batch_size=max(t.batch_size, 16), shuffle=False, **common)
+    loaders = make_loaders(
+        records, lambda items, train: GradeDataset(items, recipe, train=train, seed=seed, cache=cache),
+        val_fraction=t.val_fraction, seed=seed, batch_size=t.batch_size,
+        val_batch_size=max(t.batch_size, 16), workers=workers, device=device, cache=cache)
+    train_recs = loaders.train_items
+    val_recs = loaders.val_items or loaders.train_items
+    train_ds, train_loader, val_loader = loaders.train_ds, loaders.train, loaders.val
 
     model = build_model(recipe)
     if init_weights is not None:
@@ -311,7 +304,7 @@ def train_grader(
         "phantom_trained": bool(phantom),
         **({"notice": PHANTOM_NOTICE} if phantom else {}),
         "training_data": {"manifest": str(coco), "images": len(manifest.records),
-                          "train": len(train_recs), "val": 0 if val_is_train else len(val_recs),
+                          "train": len(train_recs), "val": len(loaders.val_items),
                           "seed": seed,
                           "stage_histogram": stage_histogram(train_recs, recipe.standard)},
         "training": {**t.model_dump(), "device": device},

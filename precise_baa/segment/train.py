@@ -23,11 +23,18 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from ..data import read_pair, segmentation_pairs, split_records
+from ..data import read_pair, segmentation_pairs
 from ..errors import RecipeError
 from ..evaluation import mask_metrics
 from ..registry import parse_recipe, read_recipe
-from ..training import FitResult, fit, pick_device, seed_everything
+from ..training import (
+    FitResult,
+    fit,
+    make_loaders,
+    pick_device,
+    seed_everything,
+    with_training_overrides,
+)
 from .base import letterbox
 from .recipes import AugmentSettings, UnetRecipe
 from .unet import UnetSegmenter, build_unet, input_card, normalise_canvas
@@ -208,34 +215,18 @@ def train_segmenter(
     if not isinstance(recipe, UnetRecipe):
         raise RecipeError(f"the {recipe.implementation!r} segmenter has no weights to train; "
                           "train a recipe with implementation: unet (e.g. stages/segment/unet-lite.yaml)")
-    overrides = {k: v for k, v in (("epochs", epochs), ("batch_size", batch_size), ("lr", lr),
-                                   ("val_fraction", val_fraction)) if v is not None}
-    if overrides:
-        recipe = recipe.model_copy(update={"training": recipe.training.model_copy(update=overrides)})
-        recipe = type(recipe).model_validate(recipe.model_dump())  # re-check the new values
+    recipe = with_training_overrides(recipe, epochs=epochs, batch_size=batch_size, lr=lr,
+                                     val_fraction=val_fraction)
     t = recipe.training
     device = pick_device(device)
     seed_everything(seed)
     data = Path(data)
     pairs = segmentation_pairs(data)
-    train_pairs, val_pairs = split_records(pairs, t.val_fraction, seed)
-    val_is_train = not val_pairs
-    if val_is_train:
-        log.warning("no validation images (val_fraction %s): validating on the training set",
-                    t.val_fraction)
-        val_pairs = train_pairs
-
-    train_ds = SegmentationDataset(train_pairs, recipe, train=True, seed=seed, cache=cache)
-    val_ds = train_ds.as_eval() if val_is_train else \
-        SegmentationDataset(val_pairs, recipe, train=False, cache=cache)
-    if cache:  # read every image once, before DataLoader workers fork and share the cache
-        train_ds.preload()
-        val_ds.preload()
-    gen = torch.Generator().manual_seed(seed)
-    common = dict(num_workers=workers, pin_memory=device.startswith("cuda"))
-    train_loader = DataLoader(train_ds, batch_size=t.batch_size, shuffle=True, generator=gen,
-                              drop_last=len(train_ds) > t.batch_size, **common)
-    val_loader = DataLoader(val_ds, batch_size=max(t.batch_size, 8), shuffle=False, **common)
+    loaders = make_loaders(
+        pairs, lambda items, train: SegmentationDataset(items, recipe, train=train, seed=seed, cache=cache),
+        val_fraction=t.val_fraction, seed=seed, batch_size=t.batch_size,
+        val_batch_size=max(t.batch_size, 8), workers=workers, device=device, cache=cache)
+    train_ds, train_loader, val_loader = loaders.train_ds, loaders.train, loaders.val
 
     model = build_unet(recipe, pretrained=init_weights is None)
     if init_weights is not None:
@@ -258,8 +249,8 @@ def train_segmenter(
     card = {
         "intended_use": INTENDED_USE,
         "phantom_trained": bool(_is_phantom(data) if phantom is None else phantom),
-        "training_data": {"data": str(data), "pairs": len(pairs), "train": len(train_pairs),
-                          "val": 0 if val_is_train else len(val_pairs), "seed": seed},
+        "training_data": {"data": str(data), "pairs": len(pairs), "train": len(loaders.train_items),
+                          "val": len(loaders.val_items), "seed": seed},
         "training": {**t.model_dump(), "device": device},
         "metric": "dice: validation Dice of the thresholded network output at input_size "
                   "(before cleanup); precise-baa evaluate segment gives full-size metrics",
