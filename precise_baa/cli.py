@@ -16,11 +16,11 @@ from collections.abc import Sequence
 # Modules that contribute sub-commands: each may define add_train(sub), add_evaluate(sub) and
 # add_commands(top) using only argparse at import time.
 _CONTRIBUTORS = (
+    "precise_baa.batch_cli",
     "precise_baa.synth.cli",
     "precise_baa.segment.cli",
     "precise_baa.detect.cli",
     "precise_baa.grade.cli",
-    "precise_baa.batch_cli",
 )
 
 
@@ -101,6 +101,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="store_true", help="print the version and exit")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
+    modules = []
+    for name in _CONTRIBUTORS:
+        try:
+            modules.append(importlib.import_module(name))
+        except ModuleNotFoundError as e:
+            if not (e.name and name.startswith(e.name)):
+                raise
+    for mod in modules:
+        if hasattr(mod, "add_commands"):
+            mod.add_commands(sub)
+
     s = sub.add_parser("stage-score", help="score 13 per-bone stages into a bone age (stage 4 only)",
                        description="Score 13 per-bone maturity stages into a maturity score and bone age.")
     s.add_argument("--standard", default="rus-chn", choices=["rus-chn", "tw3"])
@@ -116,27 +127,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--pretty", action="store_true", help="indent the JSON")
     s.set_defaults(func=cmd_stage_score)
 
-    i = sub.add_parser("info", help="version, registered stage implementations, installed stack")
-    i.add_argument("--stack", action="store_true", help="also check torch / mmcv ops / mmdet")
-    i.set_defaults(func=cmd_info)
-
     train = sub.add_parser("train", help="train one stage on your data (see: train STAGE --help)")
     train_sub = train.add_subparsers(dest="stage", metavar="STAGE", required=True)
     evaluate = sub.add_parser("evaluate", help="evaluate one stage or the whole pipeline")
     eval_sub = evaluate.add_subparsers(dest="stage", metavar="STAGE", required=True)
-    for name in _CONTRIBUTORS:
-        try:
-            mod = importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if not (e.name and name.startswith(e.name)):
-                raise
-            continue
-        if hasattr(mod, "add_commands"):
-            mod.add_commands(sub)
+    for mod in modules:
         if hasattr(mod, "add_train"):
             mod.add_train(train_sub)
         if hasattr(mod, "add_evaluate"):
             mod.add_evaluate(eval_sub)
+
+    i = sub.add_parser("info", help="version, registered stage implementations, installed stack")
+    i.add_argument("--stack", action="store_true", help="also check torch / mmcv ops / mmdet")
+    i.set_defaults(func=cmd_info)
     return p
 
 

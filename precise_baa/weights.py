@@ -84,6 +84,7 @@ def save_weights(
         # Each file is replaced atomically; the card (with the tensors' sha256) goes last, so
         # an interrupted save is detected on load rather than silently mixed.
         for name in (TENSORS, RECIPE, CARD):
+            os.chmod(tmp / name, 0o644)
             os.replace(tmp / name, out_dir / name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -18,9 +18,6 @@ from precise_baa.rois import ROI_KEYS
 from precise_baa.schemas import Box
 from precise_baa.synth import generate_dataset, render_phantom
 
-RECIPES = Path(__file__).parent / "recipes"
-TINY = RECIPES / "detect-tiny.py"
-
 torch.set_num_threads(1)
 
 
@@ -156,10 +153,10 @@ def test_configs_are_offline_unless_pretrained_and_survive_json():
     assert back["test_pipeline"][1]["scale"] == (1024, 1024)
 
 
-def test_config_with_other_classes_is_refused(tmp_path):
+def test_config_with_other_classes_is_refused(tmp_path, detect_tiny):
     pytest.importorskip("mmdet")
     bad = tmp_path / "coco80.py"
-    bad.write_text(TINY.read_text().replace("'dp5')", "'dp5', 'dp2')", 1))
+    bad.write_text(detect_tiny.read_text().replace("'dp5')", "'dp5', 'dp2')", 1))
     with pytest.raises(RecipeError, match="differ from the 13 ROI keys"):
         load_stage("detect", recipe=bad)
     with pytest.raises(RecipeError, match="mmdet config file not found"):
@@ -169,9 +166,9 @@ def test_config_with_other_classes_is_refused(tmp_path):
 # --------------------------------------------------------------------------------------------
 # Predictor
 @pytest.fixture(scope="module")
-def tiny():
+def tiny(detect_tiny):
     pytest.importorskip("mmdet")
-    return load_stage("detect", recipe=TINY)
+    return load_stage("detect", recipe=detect_tiny)
 
 
 def test_trained_tiny_detector_gives_one_box_per_roi_in_input_coordinates(trained):
@@ -233,12 +230,12 @@ def phantoms(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def trained(phantoms, tmp_path_factory):
+def trained(phantoms, tmp_path_factory, detect_tiny):
     pytest.importorskip("mmdet")
     from precise_baa.detect.train import train_detector
 
     out = tmp_path_factory.mktemp("weights") / "detect-tiny"
-    res = train_detector(TINY, phantoms, None, out, epochs=1, batch_size=2, val_fraction=0.34,
+    res = train_detector(detect_tiny, phantoms, None, out, epochs=1, batch_size=2, val_fraction=0.34,
                          workers=0, seed=0, phantom=True)
     return out, res
 

@@ -122,13 +122,13 @@ def test_grader_and_scorer_standards_must_agree(stages):
                   "grade": stages["grade"], "score": load_stage("score", "stages/score/tw3.yaml")})
 
 
-def test_recipe_pipeline_with_tiny_mmdet_detector(tmp_path, phantoms, stages):
+def test_recipe_pipeline_with_tiny_mmdet_detector(tmp_path, phantoms, stages, detect_tiny):
     """The real stage-2 implementation from a recipe, random weights: runs, and either scores
     or rejects naming the ROIs (never an unexplained failure)."""
     recipe = {
         "name": "tiny",
         "segment": {"recipe": "stages/segment/threshold.yaml"},
-        "detect": {"recipe": str(RECIPES / "detect-tiny.py")},
+        "detect": {"recipe": str(detect_tiny)},
         "grade": {"recipe": str(RECIPES / "grade-densenet-tiny.yaml")},
         "score": {"recipe": "stages/score/rus-chn.yaml"},
     }
@@ -245,13 +245,13 @@ def test_shards_cover_everything_once_and_merge(pipe, inbox, tmp_path):
     assert len(_rows(out)) == 8 and (out / "report.html").is_file()
 
 
-def test_score_command_line(tmp_path, inbox, cli):
+def test_score_command_line(tmp_path, inbox, cli, detect_tiny):
     src, meta = inbox
     recipe = tmp_path / "tiny.yaml"
     recipe.write_text(
         "name: tiny\n"
         "segment: {recipe: stages/segment/threshold.yaml}\n"
-        f"detect: {{recipe: {RECIPES / 'detect-tiny.py'}}}\n"
+        f"detect: {{recipe: {detect_tiny}}}\n"
         f"grade: {{recipe: {RECIPES / 'grade-densenet-tiny.yaml'}}}\n"
         "score: {recipe: stages/score/rus-chn.yaml}\n")
     out = tmp_path / "out"
