@@ -34,6 +34,20 @@ def handler(target: str):
     return run
 
 
+def add_training_options(p: argparse.ArgumentParser, batch_help: str) -> None:
+    """The options every torch-native ``train STAGE`` command shares (see training.fit)."""
+    p.add_argument("--epochs", type=int, default=None, help="override the recipe's training.epochs")
+    p.add_argument("--batch-size", type=int, default=None, help=batch_help)
+    p.add_argument("--lr", type=float, default=None, help="override the recipe's learning rate")
+    p.add_argument("--val-fraction", type=float, default=None, help="share of images held out")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
+    p.add_argument("--workers", type=int, default=0, help="data loader worker processes (default 0)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--init-weights", default=None, help="weights folder to start from (fine-tuning)")
+    p.add_argument("--no-cache", action="store_true", help="re-read images every epoch (large sets)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
 # --------------------------------------------------------------------------------------------
 def parse_stages_arg(text: str) -> dict[str, str]:
     """``"radius=7,ulna=5,..."`` -> ``{"radius": "7", ...}``; duplicates and bad items are errors."""

@@ -6,7 +6,7 @@ import argparse
 
 
 def add_train(sub: argparse._SubParsersAction) -> None:
-    from ..cli import handler
+    from ..cli import add_training_options, handler
 
     p = sub.add_parser(
         "grade", help="train a per-ROI maturity grader (stage 3)",
@@ -17,16 +17,7 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--coco", required=True, help="COCO manifest with 'stage' (or 'stage_tw3') per annotation")
     p.add_argument("--images", default=None, help="images folder (default: images/ beside the manifest)")
     p.add_argument("--out", required=True, help="weights folder to write, e.g. weights/my-grader")
-    p.add_argument("--epochs", type=int, default=None, help="override the recipe's training.epochs")
-    p.add_argument("--batch-size", type=int, default=None, help="radiographs per step (13 crops each)")
-    p.add_argument("--lr", type=float, default=None, help="override the recipe's learning rate")
-    p.add_argument("--val-fraction", type=float, default=None, help="share of images held out")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
-    p.add_argument("--workers", type=int, default=0, help="data loader worker processes (default 0)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--init-weights", default=None, help="weights folder to start from (fine-tuning)")
-    p.add_argument("--no-cache", action="store_true", help="re-read images every epoch (large sets)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_training_options(p, batch_help="radiographs per step (13 crops each)")
     p.set_defaults(func=handler("precise_baa.grade.cli:run_train"))
 
 

@@ -9,7 +9,7 @@ _DATA_HELP = ("folder with images/ and masks/ (same file names, non-zero = hand;
 
 
 def add_train(sub: argparse._SubParsersAction) -> None:
-    from ..cli import handler
+    from ..cli import add_training_options, handler
 
     p = sub.add_parser(
         "segment", help="train a U-Net palm segmenter (stage 1)",
@@ -19,16 +19,7 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--recipe", required=True, help="U-Net recipe, e.g. stages/segment/unet-lite.yaml")
     p.add_argument("--data", required=True, help=_DATA_HELP)
     p.add_argument("--out", required=True, help="weights folder to write, e.g. weights/my-segmenter")
-    p.add_argument("--epochs", type=int, default=None, help="override the recipe's training.epochs")
-    p.add_argument("--batch-size", type=int, default=None, help="images per step")
-    p.add_argument("--lr", type=float, default=None, help="override the recipe's learning rate")
-    p.add_argument("--val-fraction", type=float, default=None, help="share of images held out")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
-    p.add_argument("--workers", type=int, default=0, help="data loader worker processes (default 0)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--init-weights", default=None, help="weights folder to start from (fine-tuning)")
-    p.add_argument("--no-cache", action="store_true", help="re-read images every epoch (large sets)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_training_options(p, batch_help="images per step")
     p.set_defaults(func=handler("precise_baa.segment.cli:run_train"))
 
 
