@@ -7,8 +7,9 @@
 
 Each configuration runs in its own process (clean peak-memory reading). Inputs are phantom
 radiographs rendered at ``--size`` (fixed seeds). Every stage is timed on real inputs: the
-detector on the segmenter's hand crop, the grader on that crop with the phantom's true boxes
-(so its cost does not depend on what an untrained detector finds), the scorer on the grades.
+segmenter on the radiograph; the detector on the hand crop of the phantom's true mask (what a
+trained segmenter gives); the grader on that crop with the true boxes (so its cost does not
+depend on what an untrained detector finds); the scorer on the grades.
 
 - latency: batch of 1, median over ``--repeats`` radiographs, per stage and their sum
 - throughput: all ``--n`` radiographs in batches of ``--batch-size`` through the four stages
@@ -73,6 +74,7 @@ def _build(name: str, device: str, precision: str):
 def child(args) -> dict:
     import torch
 
+    from precise_baa.segment.cleanup import hand_crop
     from precise_baa.synth import render_phantom
 
     torch.set_num_threads(args.threads)
@@ -90,17 +92,20 @@ def child(args) -> dict:
         times = {}
         t = time.perf_counter()
         with torch.inference_mode(), pipe._autocast():
-            segs = st["segment"].segment([p.image for p in batch])
+            st["segment"].segment([p.image for p in batch])
             sync()
             times["segment"] = time.perf_counter() - t
+            # later stages get the hand crop of the true mask: what a trained segmenter gives,
+            # so their cost does not depend on an untrained segmenter's output
+            crops = [hand_crop(p.image, p.mask) for p in batch]
             t = time.perf_counter()
-            st["detect"].detect([s.image for s in segs])
+            st["detect"].detect([c for c, _ in crops])
             sync()
             times["detect"] = time.perf_counter() - t
-            boxes = [{k: b.shift(-s.crop_box.x0, -s.crop_box.y0) for k, b in p.boxes.items()}
-                     for p, s in zip(batch, segs, strict=True)]
+            boxes = [{k: b.shift(-cb.x0, -cb.y0) for k, b in p.boxes.items()}
+                     for p, (_, cb) in zip(batch, crops, strict=True)]
             t = time.perf_counter()
-            grades = st["grade"].grade([s.image for s in segs], boxes, [p.sex for p in batch])
+            grades = st["grade"].grade([c for c, _ in crops], boxes, [p.sex for p in batch])
             sync()
             times["grade"] = time.perf_counter() - t
             t = time.perf_counter()

@@ -23,7 +23,7 @@ base_channels = 64  # ResNet-50 width (stage outputs 4x, 8x, 16x, 32x this)
 fpn_channels = 256  # RFP/FPN width; ASPP gives fpn_channels // 4 per branch
 fc_channels = 1024  # box head width
 anchor_scale = 8  # anchor side = anchor_scale x stride (4..64)
-rpn_proposals = (2000, 1000)  # kept after NMS: training, testing
+rpn_proposals = (2000, 300)  # kept after NMS: training, testing (13 objects per hand: 300 is ample)
 rcnn_samples = 512  # RoIs sampled per image and cascade stage in training
 batch_size = 2
 pretrained_backbone = 'torchvision://resnet50'
