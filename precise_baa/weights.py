@@ -150,6 +150,17 @@ def load_weights(path: str | Path, verify: bool = True) -> LoadedWeights:
     return LoadedWeights(folder, state, read_stored_recipe(folder), card)
 
 
+def restore(model, weights: str | Path, *, stage: str, implementation: str, name: str = ""):
+    """Load the weights folder ``weights`` into ``model``; returns the ModelInfo recording it
+    (name, path, sha256, phantom-trained), as every stage's ``from_recipe`` reports it."""
+    from .schemas import ModelInfo
+
+    loaded = load_weights(weights)
+    load_into(model, loaded)
+    return ModelInfo(stage=stage, implementation=implementation, name=name or Path(loaded.path).name,
+                     weights=str(weights), sha256=loaded.sha256, phantom_trained=loaded.phantom_trained)
+
+
 def load_into(model, weights: LoadedWeights) -> None:
     """Copy tensors into ``model`` (cast to its dtypes); a clear error on any mismatch."""
     own = model.state_dict()

@@ -28,7 +28,7 @@ from ..errors import InputError
 from ..interfaces import Detections
 from ..schemas import ModelInfo
 from ..training import pick_device
-from ..weights import load_into, load_weights, save_weights
+from ..weights import restore, save_weights
 from .anatomy import finalize, select_best
 from .config import (
     build_model,
@@ -88,11 +88,7 @@ class MmdetDetector:
         model = build_model(cfg, init_weights=weights is None)
         info = None
         if weights is not None:
-            loaded = load_weights(weights)
-            load_into(model, loaded)
-            info = ModelInfo(stage="detect", implementation=recipe.implementation,
-                             name=recipe.name or Path(loaded.path).name, weights=str(weights),
-                             sha256=loaded.sha256, phantom_trained=loaded.phantom_trained)
+            info = restore(model, weights, stage="detect", implementation=recipe.implementation, name=recipe.name)
         return cls(model, cfg, recipe, device=device, info=info)
 
     def save_pretrained(self, out_dir: str | Path, card: dict[str, Any] | None = None,

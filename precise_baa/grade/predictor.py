@@ -27,7 +27,7 @@ from ..interfaces import Grades
 from ..rois import ROI_BY_KEY, ROI_KEYS, stage_counts
 from ..schemas import Box, Flag, ModelInfo, parse_sex
 from ..training import pick_device
-from ..weights import load_into, load_weights, save_weights
+from ..weights import restore, save_weights
 from .models import GraderNet, build_model
 from .recipes import GradeRecipe
 
@@ -69,11 +69,7 @@ class RoiGrader:
         model = build_model(recipe.model_copy(update={"pretrained": False}) if weights else recipe)
         info = None
         if weights is not None:
-            loaded = load_weights(weights)
-            load_into(model, loaded)
-            info = ModelInfo(stage="grade", implementation=recipe.implementation,
-                             name=recipe.name or Path(loaded.path).name, weights=str(weights),
-                             sha256=loaded.sha256, phantom_trained=loaded.phantom_trained)
+            info = restore(model, weights, stage="grade", implementation=recipe.implementation, name=recipe.name)
         return cls(model, recipe, device=device, info=info)
 
     def save_pretrained(self, out_dir: str | Path, card: dict[str, Any] | None = None,

@@ -21,7 +21,7 @@ import torch
 from ..errors import RecipeError, WeightsError
 from ..schemas import ModelInfo
 from ..training import pick_device
-from ..weights import load_into, load_weights, save_weights
+from ..weights import restore, save_weights
 from .base import BaseSegmenter, letterbox, unletterbox
 from .recipes import UnetRecipe
 
@@ -97,11 +97,7 @@ class UnetSegmenter(BaseSegmenter):
         model = build_unet(recipe, pretrained=weights is None)
         info = None
         if weights is not None:
-            loaded = load_weights(weights)
-            load_into(model, loaded)
-            info = ModelInfo(stage="segment", implementation="unet",
-                             name=recipe.name or Path(loaded.path).name, weights=str(weights),
-                             sha256=loaded.sha256, phantom_trained=loaded.phantom_trained)
+            info = restore(model, weights, stage="segment", implementation="unet", name=recipe.name)
         return cls(model, recipe, device=device, info=info)
 
     def save_pretrained(self, out_dir: str | Path, card: dict[str, Any] | None = None,
