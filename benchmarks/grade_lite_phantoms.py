@@ -21,7 +21,7 @@ import torch
 from precise_baa.grade.evaluate import evaluate_grader
 from precise_baa.grade.train import train_grader
 from precise_baa.registry import load_stage
-from precise_baa.synth import generate_dataset
+from precise_baa.synth import ensure_dataset
 
 
 def main() -> None:
@@ -39,14 +39,8 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     work = Path(args.work)
-    sets = {}
-    for name, n, seed in (("train", args.train, 1000), ("test", args.test, 2000)):
-        folder = work / f"{name}-{n}-{args.size}"
-        if not (folder / "annotations.json").is_file():
-            t0 = time.perf_counter()
-            generate_dataset(folder, n, seed=seed, size=args.size, progress=False)
-            print(f"generated {n} {name} phantoms in {time.perf_counter() - t0:.0f} s")
-        sets[name] = folder
+    sets = {name: ensure_dataset(work / name, n, seed, size=args.size, progress=False).parent
+            for name, n, seed in (("train", args.train, 1000), ("test", args.test, 2000))}
     out = work / "weights" / Path(args.recipe).stem
     t0 = time.perf_counter()
     fit = train_grader(args.recipe, sets["train"] / "annotations.json", None, out,

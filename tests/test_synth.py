@@ -252,3 +252,13 @@ def test_examples_are_current(tmp_path):
         shipped = read_radiograph(rec.path).pixels
         fresh = read_radiograph(tmp_path / rec.path.name).pixels
         assert np.abs(shipped - fresh).mean() < 2e-3, rec.path.name
+
+
+def test_ensure_dataset_reuses_only_the_same_dataset(tmp_path):
+    from precise_baa.synth import ensure_dataset
+
+    m = ensure_dataset(tmp_path / "d", 3, seed=4, size=128, progress=False)
+    stamp = m.stat().st_mtime_ns
+    assert ensure_dataset(tmp_path / "d", 3, seed=4, size=128, progress=False).stat().st_mtime_ns == stamp
+    m2 = ensure_dataset(tmp_path / "d", 2, seed=4, size=128, progress=False)  # different n: redo
+    assert len(json.loads(m2.read_text())["images"]) == 2

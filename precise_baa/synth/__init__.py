@@ -16,6 +16,7 @@ _EXPORTS = {
     "Phantom": "render",
     "render_phantom": "render",
     "generate_dataset": "dataset",
+    "ensure_dataset": "dataset",
     "contact_sheet": "dataset",
     "image_rng": "dataset",
     "Labels": "labels",

@@ -150,6 +150,18 @@ def generate_dataset(
     return write_manifest(manifest, [r[0] for r in results], [a for r in results for a in r[1]], info)
 
 
+def ensure_dataset(out_dir: str | Path, n: int, seed: int, size: int = 512, **kwargs) -> Path:
+    """:func:`generate_dataset` unless ``out_dir`` already holds exactly that dataset (same
+    ``n``, ``seed`` and ``size`` in its manifest); returns the manifest path either way."""
+    manifest = Path(out_dir) / MANIFEST
+    if manifest.is_file():
+        data = json.loads(manifest.read_text())
+        info = data.get("info", {})
+        if (len(data.get("images", [])), info.get("seed"), info.get("size")) == (n, seed, size):
+            return manifest
+    return generate_dataset(out_dir, n, seed, size=size, **kwargs)
+
+
 def contact_sheet(
     images: Sequence[np.ndarray],
     path: str | Path,
