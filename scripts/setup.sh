@@ -71,17 +71,25 @@ pip_install --upgrade "pip>=24" wheel ninja
 pip_install "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION"
 
 # --- mmcv with compiled ops -------------------------------------------------------------
+# CUDA ops are compiled when a GPU is visible (or FORCE_CUDA=1); CPU and CUDA builds are
+# cached apart, and a CPU build is never taken for a GPU machine.
+if [[ "${FORCE_CUDA:-0}" == "1" ]] || "$VPY" -c "import sys, torch; sys.exit(not torch.cuda.is_available())" 2>/dev/null; then
+  MMCV_FLAVOR=cuda
+else
+  MMCV_FLAVOR=cpu
+fi
 mmcv_ok() {
   "$VPY" -c "import importlib.metadata as m; assert m.version('mmcv') == '$MMCV_VERSION'
-from mmcv.ops import RoIAlign, nms, SAConv2d" 2>/dev/null
+from mmcv.ops import RoIAlign, nms, SAConv2d, get_compiling_cuda_version
+assert ('$MMCV_FLAVOR' == 'cpu') or get_compiling_cuda_version() != 'not available'" 2>/dev/null
 }
 if ! mmcv_ok; then
   mkdir -p "$WHEELS"
   torch_tag="torch${TORCH_VERSION}"
-  whl_dir="$WHEELS/mmcv-$MMCV_VERSION-$torch_tag-$(uname -m)"
+  whl_dir="$WHEELS/mmcv-$MMCV_VERSION-$torch_tag-$MMCV_FLAVOR-$(uname -m)"
   whl="$(ls "$whl_dir"/mmcv-"$MMCV_VERSION"-*.whl 2>/dev/null | head -n1 || true)"
   if [[ -z "$whl" ]]; then
-    log "building mmcv $MMCV_VERSION with ops from source (about 20 min on 2 cores; cached after)"
+    log "building mmcv $MMCV_VERSION with $MMCV_FLAVOR ops from source (about 10 min on 2 cores; cached after)"
     # mmcv's setup.py imports pkg_resources, gone from setuptools >= 70: downgrade for the build
     # only (torch itself asks for a newer setuptools, restored below).
     pip_install "setuptools>=64,<70"
@@ -94,7 +102,8 @@ if ! mmcv_ok; then
     sed -i -e 's/-std=c++14/-std=c++20/g' -e 's/-std=c++17/-std=c++20/g' "$src/setup.py"
     grep -q 'std=c++20' "$src/setup.py" || { log "mmcv setup.py patch did not apply"; exit 1; }
     # Build into a temp dir, then move: an interrupted build never leaves a broken cached wheel.
-    (cd "$src" && unset FORCE_CUDA && export MMCV_WITH_OPS=1 MAX_JOBS="${MAX_JOBS:-$(nproc)}" \
+    (cd "$src" && if [[ $MMCV_FLAVOR == cuda ]]; then export FORCE_CUDA=1; else unset FORCE_CUDA; fi \
+        && export MMCV_WITH_OPS=1 MAX_JOBS="${MAX_JOBS:-$(nproc)}" \
         && pip_q wheel --no-build-isolation --no-deps . -w "$build/dist")
     mkdir -p "$whl_dir"
     mv "$build"/dist/mmcv-*.whl "$whl_dir/"
