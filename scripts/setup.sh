@@ -70,6 +70,8 @@ pip_install --upgrade "pip>=24" wheel ninja
 # 2.14.1 / 0.29.1 pair does (CUDA build; runs on CPU too).
 pip_install "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION"
 
+pip_install "mmengine==$MMENGINE_VERSION"  # before mmcv, which needs it
+
 # --- mmcv with compiled ops -------------------------------------------------------------
 # CUDA ops are compiled when a GPU is visible (or FORCE_CUDA=1); CPU and CUDA builds are
 # cached apart, and a CPU build is never taken for a GPU machine.
@@ -92,6 +94,7 @@ if ! mmcv_ok; then
     log "building mmcv $MMCV_VERSION with $MMCV_FLAVOR ops from source (about 10 min on 2 cores; cached after)"
     # mmcv's setup.py imports pkg_resources, gone from setuptools >= 70: downgrade for the build
     # only (torch itself asks for a newer setuptools, restored below).
+    log "(pip may warn that torch wants setuptools>=77: it is restored after the build)"
     pip_install "setuptools>=64,<70"
     build="$(mktemp -d)"
     trap 'rm -rf "$build"' EXIT
@@ -118,7 +121,7 @@ if ! mmcv_ok; then
   pip_install addict packaging Pillow pyyaml yapf opencv-python numpy
 fi
 
-pip_install "mmengine==$MMENGINE_VERSION" "mmdet==$MMDET_VERSION"
+pip_install "mmdet==$MMDET_VERSION"
 pip_install -e "$ROOT[dev]"
 
 "$VPY" -c "from mmcv.ops import RoIAlign, nms, SAConv2d; import mmdet, segmentation_models_pytorch" \
