@@ -91,8 +91,9 @@ class _Stage:
     info: ModelInfo
 
 
-def _model_info(stage: str, obj: Any, ref: StageRef, base: Path | None = None) -> ModelInfo:
-    """The stage's ModelInfo, completed from its weights card (sha256, phantom-trained)."""
+def _model_info(stage: str, obj: Any, ref: StageRef | None, base: Path | None = None) -> ModelInfo:
+    """The stage's ModelInfo. Built-in stages record their weights themselves
+    (:func:`precise_baa.weights.restore`); for others it is completed from the weights card."""
     from .weights import read_card
 
     info = getattr(obj, "info", None)
@@ -103,7 +104,7 @@ def _model_info(stage: str, obj: Any, ref: StageRef, base: Path | None = None) -
             implementation=getattr(obj, "implementation", getattr(recipe, "implementation", "?")),
             name=getattr(obj, "name", None) or getattr(recipe, "name", "") or stage,
         )
-    if ref.weights:
+    if ref is not None and ref.weights and not info.sha256:
         card = read_card(resolve(ref.weights, base))
         info = info.model_copy(update={
             "weights": ref.weights,
@@ -124,7 +125,7 @@ class Pipeline:
             raise RecipeError(f"pipeline lacks stage(s): {', '.join(missing)}")
         refs = refs or {}
         self.stages = {
-            s: _Stage(s, stages[s], _model_info(s, stages[s], refs.get(s, StageRef(recipe="?")), base))
+            s: _Stage(s, stages[s], _model_info(s, stages[s], refs.get(s), base))
             for s in STAGE_ORDER
         }
         self.recipe = recipe
