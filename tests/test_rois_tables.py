@@ -51,9 +51,21 @@ def test_curve_ranges_match_the_standard():
     # the corrected girls' 12.0 y value (705, not the transcription's 597)
     ages, scores = rus.curve["F"]
     assert scores[list(ages).index(12.0)] == 705
-    tw3 = load_tables("tw3")
-    assert list(tw3.curve["M"][0]) == [4, 6, 8, 10, 12, 14, 16]
-    assert list(tw3.curve["F"][1]) == [221, 275, 337, 431, 578, 779, 1000]
+
+
+@pytest.mark.parametrize(
+    "sex,rows,first,last",
+    # TW3 Table A1 (boys): 2.0-16.5 y, 42-1000 points; Table A3 (girls): 2.0-15.0 y, 126-1000
+    [("M", 146, (2.0, 42), (16.5, 1000)), ("F", 131, (2.0, 126), (15.0, 1000))],
+)
+def test_tw3_curve_is_the_tw3_table(sex, rows, first, last):
+    ages, scores = load_tables("tw3").curve[sex]
+    assert len(ages) == rows
+    assert (ages[0], scores[0]) == first and (ages[-1], scores[-1]) == last
+    # every 0.1 y, no gap, no repeated score
+    np.testing.assert_allclose(ages, np.round(np.arange(rows) * 0.1 + 2.0, 1))
+    assert len(set(scores.tolist())) == rows
+    assert np.all(scores == np.round(scores))  # whole points
 
 
 def test_table_loader_rejects_a_broken_curve(tmp_path):
@@ -66,3 +78,34 @@ def test_table_loader_rejects_a_broken_curve(tmp_path):
     (tmp_path / "rus-chn_p50.csv").write_text(text)
     with pytest.raises(PreciseBaaError, match="not increasing"):
         load_tables("rus-chn", str(tmp_path))
+
+
+def copy_tables(tmp_path, standard):
+    from precise_baa.paths import curves_dir
+
+    for name in (f"{standard}_points.csv", f"{standard}_p50.csv"):
+        (tmp_path / name).write_text((curves_dir() / name).read_text())
+    return tmp_path / f"{standard}_p50.csv"
+
+
+@pytest.mark.parametrize(
+    "old,new,where",
+    [
+        # one score shared by two ages (a flat step): score -> age would be ambiguous
+        ("M,12.6,470\n", "M,12.6,462\n", "M,12.6,462 (after M,12.5,462)"),
+        # a score going down
+        ("F,10.9,579\n", "F,10.9,569\n", "F,10.9,569 (after F,10.8,570)"),
+        # an age given twice
+        ("F,2.1,130\n", "F,2.0,130\n", "F,2.0,130 (after F,2.0,126)"),
+    ],
+)
+def test_tw3_loader_refuses_a_table_that_is_not_one_to_one(tmp_path, old, new, where):
+    from precise_baa.errors import PreciseBaaError
+
+    curve = copy_tables(tmp_path, "tw3")
+    text = curve.read_text()
+    assert old in text
+    curve.write_text(text.replace(old, new))
+    with pytest.raises(PreciseBaaError, match="tw3_p50.csv: curve for sex .* not increasing") as e:
+        load_tables("tw3", str(tmp_path))
+    assert where in str(e.value)

@@ -21,7 +21,8 @@ class StandardTables:
     standard: str
     #: points[sex][roi] = points of stage 0..n-1
     points: dict[str, dict[str, tuple[int, ...]]]
-    #: curve[sex] = (ages in years, total maturity scores), both increasing
+    #: curve[sex] = (ages in years, total maturity scores), both strictly increasing: the P50
+    #: curve (RUS-CHN) or the score -> bone age table (TW3 Tables A1/A3, the same thing)
     curve: dict[str, tuple[np.ndarray, np.ndarray]]
 
     def max_score(self, sex: str) -> int:
@@ -33,6 +34,27 @@ def _rows(path: Path) -> list[dict[str, str]]:
         raise PreciseBaaError(f"{path}: standard table missing (set PRECISE_BAA_CURVES?)")
     with path.open(newline="") as f:
         return list(csv.DictReader(line for line in f if not line.startswith("#")))
+
+
+def _check_curve(standard: str, sex: str, ages: list[float], scores: list[float]) -> None:
+    """Ages and scores must both strictly increase, so that score -> age is one-to-one.
+
+    A score shared by two ages (a flat step) or an age given twice would make the inversion
+    ambiguous; such a table is refused, naming the first offending row, rather than read one way.
+    """
+    name = f"{standard}_p50.csv"
+    if len(ages) < 2:
+        raise PreciseBaaError(f"{name}: curve for sex {sex} is not increasing (fewer than 2 rows)")
+    def row(i: int) -> str:
+        age = f"{ages[i]:.1f}" if round(ages[i], 1) == ages[i] else f"{ages[i]:g}"
+        return f"{sex},{age},{scores[i]:g}"
+
+    for i in range(1, len(ages)):
+        if ages[i] <= ages[i - 1] or scores[i] <= scores[i - 1]:
+            raise PreciseBaaError(
+                f"{name}: curve for sex {sex} is not increasing at row {row(i)} "
+                f"(after {row(i - 1)}); ages and scores must both strictly increase"
+            )
 
 
 @cache
@@ -56,9 +78,7 @@ def load_tables(standard: str, root: str | None = None) -> StandardTables:
         for key, p in points[sex].items():
             if len(p) != num_stages(key, standard):
                 raise PreciseBaaError(f"{standard}_points.csv: {key} has {len(p)} stages")
-        ages, scores = (np.asarray(v, dtype=float) for v in curve[sex])
-        if len(ages) < 2 or np.any(np.diff(ages) <= 0) or np.any(np.diff(scores) <= 0):
-            raise PreciseBaaError(f"{standard}_p50.csv: curve for sex {sex} is not increasing")
+        _check_curve(standard, sex, *curve[sex])
     return StandardTables(
         standard=standard,
         points={s: {k: tuple(v) for k, v in d.items()} for s, d in points.items()},
