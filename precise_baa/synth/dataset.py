@@ -2,12 +2,13 @@
 
 Layout::
 
-    OUT/images/phantom_00000.png   radiograph (8-bit, or 16-bit with bits=16)
+    OUT/images/phantom_00000.png   radiograph (8-bit, or 16-bit with bits=16); square (raw
+                                   style) or portrait (preprocessed style), longer side ``size``
     OUT/masks/phantom_00000.png    palm mask (0 / 255)
     OUT/annotations.json           COCO: 13 ROI categories, one box per ROI with ``stage``
                                    (RUS-CHN) and ``stage_tw3``; images carry ``sex``,
                                    ``chronological_age``, ``bone_age``, ``maturity_score``,
-                                   ``mask_file``
+                                   ``mask_file``, ``style``
 
 Image ``i`` depends only on ``(seed, i)``, so a larger ``n`` extends a dataset without changing
 its first images. The manifest is written last (atomically): a folder without
@@ -27,7 +28,7 @@ import numpy as np
 from ..errors import InputError
 from ..imaging import save_png
 from ..rois import ROI_KEYS
-from .render import Phantom, render_phantom
+from .render import GENERATOR_VERSION, Phantom, check_style, render_phantom
 
 MANIFEST = "annotations.json"
 
@@ -50,6 +51,7 @@ def coco_entries(phantom: Phantom, image_id: int, file_name: str, mask_file: str
         "sex": phantom.sex, "chronological_age": phantom.chronological_age,
         "bone_age": phantom.bone_age, "maturity_score": phantom.maturity_score,
         "phantom": True,  # synthetic: weights trained on it are marked phantom-trained
+        "style": phantom.style,
     }
     if mask_file is not None:
         image["mask_file"] = mask_file
@@ -77,13 +79,13 @@ def write_manifest(path: str | Path, images: Sequence[dict], annotations: Iterab
     return path
 
 
-def _make_one(job: tuple[int, int, int, int, str]) -> tuple[dict, list[dict]]:
-    seed, index, size, bits, out = job
+def _make_one(job: tuple[int, int, int, int, str, str]) -> tuple[dict, list[dict]]:
+    seed, index, size, bits, out, style = job
     import cv2
 
     cv2.setNumThreads(1)
     out_dir = Path(out)
-    phantom = render_phantom(image_rng(seed, index), size)
+    phantom = render_phantom(image_rng(seed, index), size, style=style)
     name = f"phantom_{index:05d}.png"
     save_png(out_dir / "images" / name, phantom.image, bits=bits)
     cv2.imwrite(str(out_dir / "masks" / name), phantom.mask.astype(np.uint8) * 255)
@@ -99,10 +101,14 @@ def generate_dataset(
     bits: int = 8,
     progress: bool = True,
     workers: int = 1,
+    style: str = "mixed",
 ) -> Path:
     """Render ``n`` phantoms into ``out_dir``; returns the path of ``annotations.json``.
 
-    ``bits`` 8 or 16 (PNG depth); ``workers`` processes render in parallel. Files
+    ``size`` is each image's longer side; ``style`` "raw" (square films with markers),
+    "preprocessed" (hand on black in a portrait frame) or "mixed" (each image draws one of the
+    two, 50/50, from its own seed); ``bits`` 8 or 16 (PNG depth); ``workers`` processes
+    render in parallel. Files
     ``phantom_NNNNN.png`` left by an earlier run with a larger ``n`` are removed, so the
     folder holds exactly this dataset.
 
@@ -116,6 +122,7 @@ def generate_dataset(
         raise InputError(f"size {size} is too small for a hand phantom (use 128 or more)")
     if workers < 1:
         raise InputError(f"workers must be at least 1, got {workers}")
+    check_style(style)
     out_dir = Path(out_dir)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     (out_dir / "masks").mkdir(parents=True, exist_ok=True)
@@ -126,7 +133,7 @@ def generate_dataset(
         for old in (out_dir / sub).glob("phantom_[0-9][0-9][0-9][0-9][0-9].png"):
             if int(old.stem.split("_")[1]) >= n:
                 old.unlink()
-    jobs = [(int(seed), i, int(size), int(bits), str(out_dir)) for i in range(n)]
+    jobs = [(int(seed), i, int(size), int(bits), str(out_dir), style) for i in range(n)]
 
     from tqdm.auto import tqdm
 
@@ -145,19 +152,24 @@ def generate_dataset(
     from .. import __version__
 
     info = {"description": "precise-baa procedural hand-radiograph phantoms",
-            "version": __version__, "seed": int(seed), "size": int(size), "bits": int(bits),
+            "version": __version__, "generator": GENERATOR_VERSION, "style": style,
+            "seed": int(seed), "size": int(size), "bits": int(bits),
             "standard": "rus-chn", "stage_tw3": "tw3"}
     return write_manifest(manifest, [r[0] for r in results], [a for r in results for a in r[1]], info)
 
 
 def ensure_dataset(out_dir: str | Path, n: int, seed: int, size: int = 512, **kwargs) -> Path:
     """:func:`generate_dataset` unless ``out_dir`` already holds exactly that dataset (same
-    ``n``, ``seed`` and ``size`` in its manifest); returns the manifest path either way."""
+    ``n``, ``seed``, ``size``, ``style`` and generator version in its manifest); returns the
+    manifest path either way."""
     manifest = Path(out_dir) / MANIFEST
+    style = kwargs.get("style", "mixed")
     if manifest.is_file():
         data = json.loads(manifest.read_text())
         info = data.get("info", {})
-        if (len(data.get("images", [])), info.get("seed"), info.get("size")) == (n, seed, size):
+        have = (len(data.get("images", [])), info.get("seed"), info.get("size"), info.get("style"),
+                info.get("generator"))
+        if have == (n, seed, size, style, GENERATOR_VERSION):
             return manifest
     return generate_dataset(out_dir, n, seed, size=size, **kwargs)
 
@@ -171,7 +183,9 @@ def contact_sheet(
     captions: Sequence[str] | None = None,
     boxes: Sequence[dict] | None = None,
 ) -> Path:
-    """Tile images (float [0, 1] or uint8/uint16) into one PNG, optionally with ROI boxes."""
+    """Tile images (float [0, 1] or uint8/uint16) into one PNG, optionally with ROI boxes.
+
+    Each image is scaled to fit a ``tile`` x ``tile`` square (aspect kept, centred)."""
     import cv2
 
     if not images:
@@ -182,13 +196,18 @@ def contact_sheet(
         if arr.dtype.kind != "f":
             arr = arr.astype(np.float32) / float(np.iinfo(arr.dtype).max)
         h, w = arr.shape[:2]
-        t = cv2.resize((np.clip(arr, 0, 1) * 255).astype(np.uint8), (tile, tile), interpolation=cv2.INTER_AREA)
+        k = tile / max(h, w)
+        th, tw = max(1, round(h * k)), max(1, round(w * k))
+        ox, oy = (tile - tw) // 2, (tile - th) // 2
+        small = cv2.resize((np.clip(arr, 0, 1) * 255).astype(np.uint8), (tw, th), interpolation=cv2.INTER_AREA)
+        t = np.zeros((tile, tile), np.uint8)
+        t[oy:oy + th, ox:ox + tw] = small
         t = cv2.cvtColor(t, cv2.COLOR_GRAY2BGR)
         if boxes is not None:
-            sx, sy = tile / w, tile / h
+            sx, sy = tw / w, th / h
             for b in boxes[i].values():
-                cv2.rectangle(t, (int(b.x0 * sx), int(b.y0 * sy)), (int(b.x1 * sx), int(b.y1 * sy)),
-                              (0, 200, 255), 1)
+                cv2.rectangle(t, (ox + int(b.x0 * sx), oy + int(b.y0 * sy)),
+                              (ox + int(b.x1 * sx), oy + int(b.y1 * sy)), (0, 200, 255), 1)
         if captions is not None:
             cv2.putText(t, captions[i], (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 255, 255), 1, cv2.LINE_AA)
         tiles.append(t)
@@ -218,7 +237,7 @@ def sheet_from_manifest(manifest: str | Path, path: str | Path, *, limit: int = 
 def cmd_synth(args) -> int:
     """``precise-baa synth``: write a phantom dataset (and optionally a contact sheet)."""
     manifest = generate_dataset(args.out, n=args.n, seed=args.seed, size=args.size, bits=args.bits,
-                                progress=not args.quiet, workers=args.workers)
+                                progress=not args.quiet, workers=args.workers, style=args.style)
     print(f"wrote {args.n} phantoms to {Path(args.out)} (manifest {manifest})")
     if args.contact_sheet:
         sheet = sheet_from_manifest(manifest, args.contact_sheet, show_boxes=args.sheet_boxes)

@@ -3,7 +3,8 @@
 Regenerate with ``python -m precise_baa.synth.examples [OUT_DIR]``. Writes, flat in OUT_DIR
 (the demo scores every image found there, so nothing else goes in it):
 
-* ``phantom_000.png`` ... one 512 px phantom per (sex, age) in :data:`EXAMPLES`;
+* ``phantom_000.png`` ... one 512 px phantom per (sex, age, style) in :data:`EXAMPLES`: raw
+  films and preprocessed (hand on black, portrait) images alternate;
 * ``meta.csv``: ``id,sex,chronological_age`` (what a user would know about each child);
 * ``annotations.json``: the COCO ground truth (boxes, stages, bone age); ``file_name`` is
   relative to OUT_DIR itself: ``load_coco("examples/annotations.json", images_dir="examples")``.
@@ -17,7 +18,7 @@ from pathlib import Path
 
 from ..imaging import save_png
 from .dataset import coco_entries, write_manifest
-from .render import render_phantom
+from .render import GENERATOR_VERSION, render_phantom
 
 #: (seed, sex, chronological age in years): girls and boys across childhood
 EXAMPLES: tuple[tuple[int, str, float], ...] = (
@@ -36,7 +37,8 @@ def write_examples(out_dir: str | Path, size: int = 512) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     images, anns, rows = [], [], []
     for i, (seed, sex, age) in enumerate(EXAMPLES):
-        p = render_phantom(seed, size, sex=sex, chronological_age=age)
+        style = "raw" if i % 2 == 0 else "preprocessed"
+        p = render_phantom(seed, size, sex=sex, chronological_age=age, style=style)
         name = f"phantom_{i:03d}.png"
         save_png(out_dir / name, p.image)
         image, a = coco_entries(p, i + 1, name, first_annotation_id=13 * i + 1)
@@ -48,7 +50,7 @@ def write_examples(out_dir: str | Path, size: int = 512) -> Path:
         w.writeheader()
         w.writerows(rows)
     info = {"description": "precise-baa example phantoms (synthetic; see precise_baa/synth/examples.py)",
-            "images_dir": ".", "size": size}
+            "images_dir": ".", "size": size, "generator": GENERATOR_VERSION}
     return write_manifest(out_dir / "annotations.json", images, anns, info)
 
 

@@ -1,9 +1,14 @@
-"""The canonical left hand: bones, carpals and soft tissue, in millimetres.
+"""The canonical left hand: bones, carpals, sesamoid and soft tissue.
 
 Canonical frame: x to the right, y up (towards the fingertips), origin at the wrist. The hand
 lies palm down as in a PA radiograph of the left hand, so the thumb (ray 1) is on the +x side
-and the forearm points down (-y). Proportions follow an older child's hand; the pose (scale,
-rotation, position) is applied later by the renderer.
+and the forearm points down (-y). Lengths are in *units*, millimetres of an adult man's hand;
+``Hand.mm`` says how many real millimetres one unit is for this child (hand size grows with
+age and differs by sex). Proportions change with skeletal age: a young child's bones are
+shorter and stubbier, its joint spaces (cartilage) wider, its wrist longer (unossified
+carpals) and its soft tissue relatively thicker. Pose within the hand (finger spread, thumb
+abduction, flexion that foreshortens the phalanges) is drawn here; rotation, scale and
+position of the whole hand are applied later by the renderer.
 
 Every tubular bone carries exactly one growth region (epiphysis): the bases of the phalanges
 and of the first metacarpal, the heads of metacarpals II-V, the distal radius and ulna. The 13
@@ -23,8 +28,24 @@ from .maturity import GAP_MAX, SHAPES
 #: (towards the epiphysis), both in units of the metaphysis width
 BOX_SIDE = {"disc": 1.8, "head": 1.8, "radius": 1.45, "ulna": 1.9}
 BOX_SHIFT = {"disc": 0.12, "head": 0.22, "radius": 0.15, "ulna": 0.22}
-#: how far the forearm is drawn (mm): far enough to leave any image at the bottom
+#: how far the forearm is drawn (units): far enough to leave any image at the bottom
 FOREARM_LENGTH = 600.0
+#: hand size (mm per unit) by age, boys and girls (hand length / an adult man's)
+_SIZE_AGES = (0.0, 1.0, 2.0, 4.0, 6.0, 8.0, 10.0, 12.0, 14.0, 16.0, 18.0)
+_SIZE = {
+    "M": (0.42, 0.50, 0.55, 0.62, 0.68, 0.74, 0.80, 0.86, 0.94, 0.99, 1.00),
+    "F": (0.41, 0.49, 0.54, 0.61, 0.67, 0.73, 0.80, 0.87, 0.91, 0.92, 0.92),
+}
+
+
+def hand_size(age: float, sex: str) -> float:
+    """Median hand length at ``age`` (years) relative to an adult man's (mm per unit)."""
+    return float(np.interp(age, _SIZE_AGES, _SIZE["M" if sex == "M" else "F"]))
+
+
+def youth(age: float) -> float:
+    """1 for an infant's proportions, 0 from early adolescence on."""
+    return float(np.clip((10.0 - age) / 9.0, 0.0, 1.0)) ** 1.3
 
 
 def _unit(v: np.ndarray) -> np.ndarray:
@@ -45,9 +66,9 @@ class TubularBone:
     roi: str | None  # the ROI key when this bone is graded
     sibling: str  # the ROI whose stage sets this bone's maturity
     kind: str  # epiphysis kind, a key of maturity.SHAPES
-    prox: np.ndarray  # proximal articular end (mm)
-    dist: np.ndarray  # distal articular end (mm)
-    width: float  # metaphysis width at the growth end (mm)
+    prox: np.ndarray  # proximal articular end (units)
+    dist: np.ndarray  # distal articular end (units)
+    width: float  # metaphysis width at the growth end (units)
     shaft: float  # narrowest shaft width / width
     far: float  # width at the other end / width
     far_cap: float  # depth of the rounded other end / width
@@ -56,6 +77,8 @@ class TubularBone:
     epi_height: float = 1.0
     density: float = 1.0
     p_offset: float = 0.0  # maturity offset of a non-graded bone from its sibling
+    axial: float = 1.0  # foreshortening along the bone (flexed finger: < 1)
+    cortex: float = 0.4  # cortical wall thickness / shaft half width at mid-shaft
 
     @property
     def axis_out(self) -> np.ndarray:
@@ -72,7 +95,7 @@ class TubularBone:
 
     @property
     def zone_depth(self) -> float:
-        return (GAP_MAX + SHAPES[self.kind].height * self.epi_height) * self.width
+        return (GAP_MAX + SHAPES[self.kind].height * self.epi_height) * self.width * self.axial
 
     @property
     def physis(self) -> np.ndarray:
@@ -80,12 +103,12 @@ class TubularBone:
         return end - self.axis_out * self.zone_depth
 
     def local_to_canonical(self, uv: np.ndarray) -> np.ndarray:
-        """Growth-region frame (u, v in units of width) -> canonical mm."""
+        """Growth-region frame (u, v in units of width) -> canonical units."""
         uv = np.asarray(uv, dtype=float) * self.width
-        return self.physis + uv[:, :1] * self.normal + uv[:, 1:2] * self.axis_out
+        return self.physis + uv[:, :1] * self.normal + uv[:, 1:2] * self.axial * self.axis_out
 
     def _profile(self, t: np.ndarray, length: float) -> np.ndarray:
-        """Half width (mm) along the shaft, t = 0 at the far end, 1 at the physis."""
+        """Half width (units) along the shaft, t = 0 at the far end, 1 at the physis."""
         far_zone = min(0.35, 1.2 * self.width / length)
         flare = min(0.45, 1.4 * self.width / length)
         w = (self.shaft + (self.far - self.shaft) * np.clip(1 - t / far_zone, 0, 1) ** 2
@@ -93,66 +116,72 @@ class TubularBone:
         return 0.5 * self.width * w
 
     def shaft_outline(self, n: int = 18) -> np.ndarray:
-        """Outline (mm) of diaphysis + metaphysis: far end cap to the physis."""
+        """Outline (units) of diaphysis + metaphysis: far end cap to the physis."""
         far_end = self.dist if self.growth_at == "prox" else self.prox
         e = self.axis_out
         nrm = np.array([-e[1], e[0]])
-        cap = self.far_cap * self.width
+        cap = self.far_cap * self.width * self.axial
         a = far_end + e * cap  # where the far cap meets the shaft
         b = self.physis
         t = np.linspace(0.0, 1.0, n)
         centre = a + (b - a) * t[:, None]
-        hw = self._profile(t, float(np.hypot(*(b - a))))
+        hw = self._profile(t, max(float(np.hypot(*(b - a))), 1e-3))
         left = centre + nrm * hw[:, None]
         right = centre - nrm * hw[:, None]
-        # far cap: half superellipse from right[0] around far_end to left[0]
-        th = np.linspace(-0.5 * np.pi, 0.5 * np.pi, 11)[1:-1]
+        # far cap: half superellipse from left[0] around far_end to right[0]
+        th = np.linspace(0.5 * np.pi, -0.5 * np.pi, 11)[1:-1]  # from the left side to the right
         s, c = np.sin(th), np.cos(th)
         cap_pts = a + nrm * (hw[0] * s)[:, None] - e * (cap * np.abs(c) ** 0.8)[:, None]
         # the physis end is straight (the growth region continues it)
         return np.concatenate([right, left[::-1], cap_pts])
 
-    def medulla_outline(self, n: int = 14) -> np.ndarray:
-        """The darker medullary cavity of the shaft (mm)."""
+    def shaft_frame(self) -> tuple[np.ndarray, np.ndarray, float]:
+        """``(a, b, cap)``: where the far cap meets the shaft, the physis end, cap depth (units)."""
         far_end = self.dist if self.growth_at == "prox" else self.prox
-        e = self.axis_out
-        nrm = np.array([-e[1], e[0]])
-        a = far_end + e * (self.far_cap * self.width)
-        b = self.physis
-        t = np.linspace(0.12, 0.85, n)
-        centre = a + (b - a) * t[:, None]
-        taper = np.sin(np.pi * (t - 0.12) / 0.73) ** 0.35
-        hw = 0.58 * self._profile(t, float(np.hypot(*(b - a)))) * taper
-        return np.concatenate([centre + nrm * hw[:, None], (centre - nrm * hw[:, None])[::-1]])
+        cap = self.far_cap * self.width * self.axial
+        return far_end + self.axis_out * cap, self.physis, cap
+
+    def half_width(self, t: np.ndarray) -> np.ndarray:
+        """Shaft half width (units) at ``t`` (0 far end of the shaft, 1 physis; caps beyond)."""
+        a, b, cap = self.shaft_frame()
+        length = max(float(np.hypot(*(b - a))), 1e-3)
+        hw = self._profile(np.clip(t, 0.0, 1.0), length)
+        s = np.clip(-t * length / max(cap, 1e-3), 0.0, 1.0)  # into the far cap
+        return hw * np.sqrt(np.clip(1.0 - s ** 2.5, 0.0, 1.0))
 
     def metaphysis_band(self) -> np.ndarray:
-        """The dense zone of provisional calcification just below the physis (mm)."""
+        """The dense zone of provisional calcification just below the physis (units)."""
         return self.local_to_canonical(np.array([[-0.48, -0.07], [0.48, -0.07], [0.49, 0.0], [-0.49, 0.0]]))
 
     def box(self) -> tuple[np.ndarray, float]:
-        """Centre (mm) and side (mm) of the ROI box around the growth region."""
-        centre = self.physis + self.axis_out * BOX_SHIFT[self.kind] * self.width
+        """Centre (units) and side (units) of the ROI box around the growth region."""
+        centre = self.physis + self.axis_out * BOX_SHIFT[self.kind] * self.width * self.axial
         return centre, BOX_SIDE[self.kind] * self.width
 
 
 @dataclass(frozen=True)
 class Carpal:
     centre: np.ndarray
-    axes: tuple[float, float]  # semi-axes when mature (mm)
+    axes: tuple[float, float]  # semi-axes when mature (units)
     angle: float  # degrees
-    appears_at: float  # hand maturity at which it ossifies
-    squareness: float  # superellipse exponent (2 = ellipse)
+    appears_at: float  # skeletal age (years) at which it ossifies
+    squareness: float  # superellipse exponent when mature (2 = ellipse)
 
-    def outline(self, maturity: float, n: int = 24) -> np.ndarray | None:
-        grown = (maturity - self.appears_at) / 0.35
+    def outline(self, bone_age: float, n: int = 28) -> np.ndarray | None:
+        """Outline at ``bone_age``: a small round nucleus that grows and squares off."""
+        grown = (bone_age - self.appears_at) / 7.0
         if grown <= 0:
             return None
-        k = 0.3 + 0.7 * min(1.0, grown)
+        g = min(1.0, grown) ** 0.7
+        k = 0.22 + 0.78 * g
         th = np.linspace(0, 2 * np.pi, n, endpoint=False)
         c, s = np.cos(th), np.sin(th)
-        e = 2.0 / self.squareness
-        x = k * self.axes[0] * np.sign(c) * np.abs(c) ** e
-        y = k * self.axes[1] * np.sign(s) * np.abs(s) ** e
+        e = 2.0 / (2.0 + (self.squareness - 2.0) * g)
+        ax = (k * self.axes[0], k * self.axes[1])
+        r = 1.0 - 0.5 * (1.0 - g)  # young nuclei are rounder
+        ax = (ax[0] * r + (1 - r) * min(ax), ax[1] * r + (1 - r) * min(ax))
+        x = ax[0] * np.sign(c) * np.abs(c) ** e
+        y = ax[1] * np.sign(s) * np.abs(s) ** e
         a = np.deg2rad(self.angle)
         rot = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
         return self.centre + np.stack([x, y], 1) @ rot.T
@@ -162,17 +191,27 @@ class Carpal:
 class Hand:
     bones: tuple[TubularBone, ...]
     carpals: tuple[Carpal, ...]
-    #: soft-tissue pieces (mm) whose union is the hand + wrist + forearm silhouette
+    #: soft-tissue pieces (units) whose union is the hand + wrist + forearm silhouette
     tissue: tuple[np.ndarray, ...]
     #: the forearm only down to where the image should cut it (for fitting the pose)
     fit_points: np.ndarray
+    #: real millimetres per unit (hand size for age and sex)
+    mm: float = 1.0
+    #: skeletal age (years) the hand's size, proportions and carpals follow
+    bone_age: float = 10.0
+    #: the thumb's MCP sesamoid (centre, radius; units), None before it ossifies
+    sesamoid: tuple[np.ndarray, float] | None = None
+    #: extra soft tissue over the thenar and hypothenar eminences: (centre, semi-axes, angle)
+    bulges: tuple[tuple[np.ndarray, tuple[float, float], float, float], ...] = ()
+    #: how much thicker than an adult's the soft tissue is (young children)
+    tissue_scale: float = 1.0
 
     def bone(self, name: str) -> TubularBone:
         return next(b for b in self.bones if b.name == name)
 
 
-# Rays: metacarpal base (mm), metacarpal angle (deg), bone lengths (mm, articular end to end),
-# growth-end widths (mm). Ray 1 (thumb) has no middle phalanx.
+# Rays: metacarpal base (units), metacarpal angle (deg), bone lengths (units, articular end to
+# end), growth-end widths (units). Ray 1 (thumb) has no middle phalanx.
 _RAYS = {
     1: ((21.5, 28.0), 36.0, (43.0, 31.0, 23.0), (12.0, 12.0, 10.0)),
     2: ((11.0, 33.0), 6.0, (65.0, 39.0, 23.0, 17.0), (11.0, 11.5, 10.0, 8.5)),
@@ -180,8 +219,9 @@ _RAYS = {
     4: ((-8.0, 32.0), -6.0, (56.0, 41.0, 26.0, 18.0), (10.5, 11.0, 10.0, 8.5)),
     5: ((-16.5, 29.5), -13.0, (51.0, 33.0, 19.0, 16.0), (10.0, 10.0, 8.5, 7.5)),
 }
-#: extra angle per unit of finger spread (deg)
-_SPREAD = {1: 8.0, 2: 6.0, 3: 0.0, 4: -6.0, 5: -12.0}
+#: fan of the metacarpals and abduction at the MCP joint per unit of finger spread (deg)
+_FAN = {1: 4.0, 2: 2.5, 3: 0.0, 4: -2.5, 5: -5.0}
+_ABDUCT = {1: 0.0, 2: 13.0, 3: 0.0, 4: -11.0, 5: -22.0}
 _LEVEL_NAMES = {1: "mc", 2: "pp", 3: "mp", 4: "dp"}
 #: which graded ROI sets the maturity of each bone
 SIBLING = {
@@ -193,17 +233,19 @@ SIBLING = {
 }
 _GRADED = {"radius", "ulna", "mc1", "mc3", "mc5", "pp1", "pp3", "pp5", "mp3", "mp5", "dp1", "dp3", "dp5"}
 
-# (centre, semi-axes, angle, appears at hand maturity, squareness)
+# (centre, semi-axes, angle, appears at skeletal age (years), squareness)
 _CARPALS = (
-    ((2.0, 22.0), (6.0, 9.5), 0.0, 0.0, 2.6),  # capitate
-    ((-8.5, 21.5), (5.5, 7.5), 12.0, 0.0, 2.4),  # hamate
-    ((-12.5, 11.0), (5.5, 4.5), 25.0, 0.07, 2.3),  # triquetrum
-    ((-1.0, 10.0), (6.0, 5.0), 0.0, 0.13, 2.3),  # lunate
-    ((19.5, 22.5), (5.5, 5.0), 20.0, 0.18, 2.5),  # trapezium
-    ((11.5, 24.5), (4.5, 4.5), 0.0, 0.19, 2.6),  # trapezoid
-    ((12.0, 11.5), (4.5, 8.0), -40.0, 0.22, 2.2),  # scaphoid
-    ((-15.0, 13.5), (3.5, 3.5), 0.0, 0.45, 2.0),  # pisiform
+    ((2.0, 22.0), (6.0, 9.5), 0.0, 0.1, 2.8),  # capitate
+    ((-8.5, 21.5), (5.5, 7.5), 12.0, 0.3, 2.6),  # hamate
+    ((-12.5, 11.0), (5.5, 4.5), 25.0, 2.3, 2.4),  # triquetrum
+    ((-1.0, 10.0), (6.0, 5.0), 0.0, 3.5, 2.4),  # lunate
+    ((19.5, 22.5), (5.5, 5.0), 20.0, 4.8, 2.6),  # trapezium
+    ((11.5, 24.5), (4.5, 4.5), 0.0, 5.0, 2.8),  # trapezoid
+    ((12.0, 11.5), (4.5, 8.0), -40.0, 5.3, 2.2),  # scaphoid
+    ((-15.0, 13.5), (3.5, 3.5), 0.0, 10.0, 2.0),  # pisiform
 )
+#: skeletal age (years) at which the thumb's MCP sesamoid ossifies
+SESAMOID_AGE = {"M": 12.8, "F": 11.0}
 
 
 def _circle(c: np.ndarray, r: float, n: int = 16) -> np.ndarray:
@@ -219,59 +261,77 @@ def _capsule(p0: np.ndarray, r0: float, p1: np.ndarray, r1: float) -> np.ndarray
     return _hull(np.concatenate([_circle(p0, r0), _circle(p1, r1)]))
 
 
-def build_hand(rng: np.random.Generator) -> Hand:
-    """One random canonical hand: proportions, finger spread and per-bone nuisances."""
+def build_hand(rng: np.random.Generator, bone_age: float = 10.0, sex: str = "M") -> Hand:
+    """One random canonical hand for ``bone_age`` (years) and ``sex``: size, proportions,
+    finger spread, thumb abduction, flexion and per-bone nuisances."""
+    y = youth(bone_age)
+    mm = hand_size(bone_age, sex) * rng.uniform(0.93, 1.07)
     length_f = rng.uniform(0.94, 1.06)  # slender vs stubby fingers
     width_f = rng.uniform(0.92, 1.08)
-    spread = rng.uniform(-0.3, 1.3)
-    thumb_abd = rng.uniform(-6.0, 10.0)
-    tissue_f = rng.uniform(0.85, 1.2)  # soft tissue thickness around bones
+    spread = float(np.clip(rng.normal(0.9, 0.35), -0.2, 1.5))
+    thumb_abd = rng.uniform(-6.0, 28.0)
+    tissue_f = rng.uniform(0.85, 1.2) * (1.0 + 0.55 * y)  # soft tissue around bones
+    gap_f = 1.0 + 1.4 * y  # joint spaces: thick cartilage in young children
+    stubby = 1.0 - 0.1 * y  # young phalanges are short for their width
+    wrist_drop = 11.0 * y  # unossified carpus: a long wrist
+    cortex = rng.uniform(0.32, 0.48) * (1.0 - 0.3 * y)
     bones: list[TubularBone] = []
     tissue: list[np.ndarray] = []
     palm_pts: list[np.ndarray] = []
+    bulges = []
 
     def nuis() -> dict:
         return dict(epi_width=rng.uniform(0.94, 1.06), epi_height=rng.uniform(0.9, 1.1),
-                    density=rng.uniform(0.92, 1.08), p_offset=rng.uniform(-0.04, 0.04))
+                    density=rng.uniform(0.92, 1.08), p_offset=rng.uniform(-0.04, 0.04),
+                    cortex=cortex * rng.uniform(0.9, 1.1))
 
+    chains = {}
     for ray, (base, angle, lengths, widths) in _RAYS.items():
-        angle = angle + 0.3 * _SPREAD[ray] * spread + (thumb_abd if ray == 1 else 0.0)
+        angle = angle + _FAN[ray] * spread + (thumb_abd if ray == 1 else 0.0)
         point = np.array(base, dtype=float)
         levels = (1, 2, 4) if ray == 1 else (1, 2, 3, 4)
+        # a flexed finger is foreshortened in the PA projection (most fingers lie flat)
+        flex = rng.uniform(0.0, 40.0) if rng.random() < 0.3 else rng.uniform(0.0, 8.0)
         chain = []
         for level, length, width in zip(levels, lengths, widths):
             if level > 1:
                 if ray == 1:
-                    angle += -rng.uniform(3.0, 12.0)
-                else:
-                    angle += (0.7 if level == 2 else 0.15) * _SPREAD[ray] * spread
-                angle += rng.normal(0.0, 1.5)
+                    angle += -rng.uniform(2.0, 14.0)
+                elif level == 2:
+                    angle += _ABDUCT[ray] * spread + rng.normal(0.0, 2.5)
+                else:  # fingers curve a little towards the middle finger
+                    angle += -0.06 * _ABDUCT[ray] * spread + rng.normal(0.0, 1.5)
             d = _direction(angle)
-            w = width * width_f * rng.uniform(0.95, 1.05)
-            length = length * length_f * (1.0 if level == 1 else rng.uniform(0.97, 1.03))
+            w = 1.12 * width * width_f * rng.uniform(0.95, 1.05)
+            axial = 1.0
+            if level > 1 and ray != 1:
+                axial = float(np.cos(np.deg2rad(flex * (0.6 + 0.25 * level))))
+            length = length * length_f * (1.0 if level == 1 else 1.06 * rng.uniform(0.97, 1.03) * stubby)
+            length *= axial
             prox, dist = point, point + d * length
             name = f"{_LEVEL_NAMES[level]}{ray}"
             head = level == 1 and ray != 1  # metacarpals II-V grow at their heads
             # the other end: width and how rounded (the base of metacarpals II-V is flat)
-            far = {1: 0.95 if ray == 1 else 0.85, 2: 0.82, 3: 0.78, 4: 0.62}[level]
-            far_cap = 0.12 if head else 0.3
+            far = {1: 0.95 if ray == 1 else 0.85, 2: 0.82, 3: 0.78, 4: 0.7}[level]
+            far_cap = 0.12 if head else (0.3 if level < 4 else 0.22)
             bones.append(TubularBone(
                 name=name, roi=name if name in _GRADED else None, sibling=SIBLING[name],
                 kind="head" if head else "disc", prox=prox, dist=dist, width=w,
-                shaft={1: 0.6, 2: 0.62, 3: 0.6, 4: 0.45}[level] * rng.uniform(0.93, 1.07),
-                far=far, far_cap=far_cap,
+                shaft={1: 0.62, 2: 0.7, 3: 0.68, 4: 0.5}[level] * rng.uniform(0.93, 1.07),
+                far=far, far_cap=far_cap, axial=axial,
                 growth_at="dist" if head else "prox", **nuis(),
             ))
             chain.append((prox, dist, w, d))
-            point = dist + d * (1.2 + 0.08 * w)  # joint space (cartilage)
+            point = dist + d * (1.2 + 0.08 * w) * gap_f * axial  # joint space (cartilage)
+        chains[ray] = chain
         # soft tissue of the digit: capsules along the bones, pad beyond the distal phalanx
         t = tissue_f
         for i, (prox, dist, w, d) in enumerate(chain):
             if i == 0 and ray != 1:
                 continue  # the palm covers the metacarpals of the fingers
-            r0 = 0.5 * w * 1.25 + 3.2 * t
-            r1 = 0.5 * w * (1.1 if i < len(chain) - 1 else 0.9) + 3.0 * t
-            end = dist + d * (3.0 * t if i == len(chain) - 1 else 0.0)
+            r0 = 0.5 * w * 1.15 + 2.7 * t
+            r1 = 0.5 * w * (1.05 if i < len(chain) - 1 else 0.9) + 2.5 * t
+            end = dist + d * (2.6 * t if i == len(chain) - 1 else 0.0)
             start = prox if i > 0 else prox + (dist - prox) * 0.3
             tissue.append(_capsule(start, r0, end, r1))
         mc_prox, mc_dist, mc_w, _ = chain[0]
@@ -279,16 +339,26 @@ def build_hand(rng: np.random.Generator) -> Hand:
             palm_pts.append(_circle(mc_prox, 0.5 * mc_w + 8.0 * t))
             palm_pts.append(_circle(mc_prox + (mc_dist - mc_prox) * 0.55, 0.5 * mc_w + 6.5 * t))
         else:
-            extra = 8.0 if ray == 5 else 4.5
+            extra = 6.5 if ray == 5 else 3.5
             palm_pts.append(_circle(mc_prox, 0.5 * mc_w + extra * t))
             palm_pts.append(_circle(mc_dist, 0.5 * mc_w + (extra - 1.0) * t))
             if ray in (2, 5):  # finger webs reach about a quarter of the proximal phalanx
                 pp_prox, pp_dist, pp_w, _ = chain[1]
                 palm_pts.append(_circle(pp_prox + 0.22 * (pp_dist - pp_prox), 0.5 * pp_w + 2.5 * t))
 
+    # thenar (between thumb and index metacarpals) and hypothenar eminences: thicker tissue
+    mc1_prox, mc1_dist = chains[1][0][0], chains[1][0][1]
+    mc2_prox, mc2_dist = chains[2][0][0], chains[2][0][1]
+    mc5_prox, mc5_dist = chains[5][0][0], chains[5][0][1]
+    thenar = 0.5 * (mc1_prox + 0.5 * (mc1_dist - mc1_prox)) + 0.5 * (mc2_prox + 0.3 * (mc2_dist - mc2_prox))
+    bulges.append((thenar, (13.0 * rng.uniform(0.85, 1.2), 20.0 * rng.uniform(0.85, 1.2)),
+                   float(rng.uniform(-40, -10)), float(rng.uniform(0.1, 0.25))))
+    hypo = mc5_prox + 0.35 * (mc5_dist - mc5_prox) + np.array([-6.0, 0.0])
+    bulges.append((hypo, (9.0, 20.0), float(rng.uniform(5, 20)), float(rng.uniform(0.05, 0.2))))
+
     # forearm: radius (radial side, +x) and ulna, growth regions at their distal ends
-    rad_end = np.array([9.0 + rng.normal(0, 0.5), 2.0])
-    uln_end = np.array([-14.0 + rng.normal(0, 0.5), -2.5 + rng.normal(0, 0.7)])
+    rad_end = np.array([9.0 + rng.normal(0, 0.5), 2.0 - wrist_drop])
+    uln_end = np.array([-14.0 + rng.normal(0, 0.5), -2.5 - wrist_drop + rng.normal(0, 0.7)])
     tilt = rng.normal(0.0, 1.5)
     for name, end, width, shaft, kind in (
         ("radius", rad_end, 22.0, 0.55, "radius"),
@@ -301,29 +371,40 @@ def build_hand(rng: np.random.Generator) -> Hand:
             shaft=shaft * rng.uniform(0.95, 1.05), far=shaft, far_cap=0.0, growth_at="dist", **nuis(),
         ))
     rad, uln = bones[-2], bones[-1]
-    wrist_r = rad.physis[0] + 0.5 * rad.width + 4.0 * tissue_f
-    wrist_l = uln.physis[0] - 0.5 * uln.width - 5.0 * tissue_f
-    palm_pts.append(np.array([[wrist_l, 6.0], [wrist_r, 6.0], [wrist_l + 2, 26.0]]))
-    for c in _CARPALS:
-        palm_pts.append(_circle(np.array(c[0]), 8.0))
+    wrist_r = rad.physis[0] + 0.5 * rad.width + 6.5 * tissue_f
+    wrist_l = uln.physis[0] - 0.5 * uln.width - 7.5 * tissue_f
+    top = 6.0 - wrist_drop
+    palm_pts.append(np.array([[wrist_l, top], [wrist_r, top], [wrist_l + 2, 26.0]]))
+    carpals = []
+    for c, a, ang, thr, sq in _CARPALS:
+        centre = np.array(c) + rng.normal(0, 0.6, 2)
+        centre[1] -= wrist_drop * (1.0 - centre[1] / 30.0) * 0.8
+        palm_pts.append(_circle(centre, 8.0))
+        carpals.append(Carpal(
+            centre=centre,
+            axes=(0.88 * a[0] * width_f * rng.uniform(0.93, 1.07), 0.88 * a[1] * width_f * rng.uniform(0.93, 1.07)),
+            angle=ang + rng.normal(0, 5.0), appears_at=thr * rng.uniform(0.8, 1.2), squareness=sq,
+        ))
     tissue.append(_hull(np.concatenate(palm_pts)))
 
     def forearm(depth: float) -> np.ndarray:
-        ys = np.linspace(8.0, -depth, 12)
+        ys = np.linspace(top + 2.0, -depth, 12)
         bulge = 6.0 * tissue_f * np.clip(-ys / 90.0, 0, 1) ** 0.7
         left = np.stack([wrist_l - bulge - 0.02 * np.maximum(-ys, 0), ys], 1)
         right = np.stack([wrist_r + bulge + 0.01 * np.maximum(-ys, 0), ys], 1)
         return np.concatenate([left, right[::-1]])
 
     tissue.append(forearm(FOREARM_LENGTH))
-    fit = np.concatenate([t for t in tissue[:-1]] + [forearm(rng.uniform(35.0, 80.0))])
+    fit = np.concatenate([t for t in tissue[:-1]] + [forearm(wrist_drop + rng.uniform(35.0, 80.0))])
 
-    carpals = tuple(
-        Carpal(
-            centre=np.array(c) + rng.normal(0, 0.6, 2),
-            axes=(a[0] * width_f * rng.uniform(0.93, 1.07), a[1] * width_f * rng.uniform(0.93, 1.07)),
-            angle=ang + rng.normal(0, 5.0), appears_at=thr, squareness=sq,
-        )
-        for c, a, ang, thr, sq in _CARPALS
-    )
-    return Hand(bones=tuple(bones), carpals=carpals, tissue=tuple(tissue), fit_points=fit)
+    # the adductor sesamoid on the ulnar side of the thumb's metacarpal head
+    sesamoid = None
+    grown = (bone_age - SESAMOID_AGE["M" if sex == "M" else "F"] * rng.uniform(0.94, 1.06)) / 1.5
+    if grown > 0:
+        mc1 = bones[0]
+        e = mc1.axis_out
+        centre = mc1.dist + 0.12 * mc1.width * e - 0.28 * mc1.width * mc1.normal
+        sesamoid = (centre, 0.18 * mc1.width * (0.35 + 0.65 * min(1.0, grown)))
+    return Hand(bones=tuple(bones), carpals=tuple(carpals), tissue=tuple(tissue), fit_points=fit,
+                mm=float(mm), bone_age=float(bone_age), sesamoid=sesamoid, bulges=tuple(bulges),
+                tissue_scale=float(tissue_f))

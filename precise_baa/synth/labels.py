@@ -157,3 +157,14 @@ def sample_labels(
         maturity_score=result.maturity_score,
         maturity=float(np.clip(latent, 0.0, 1.0)),
     )
+
+
+def age_for_maturity(latent: float, sex: str) -> float:
+    """The bone age (years) that a hand of latent maturity ``latent`` shows on the P50 curve.
+
+    Drives what grows with the skeleton rather than with one bone's stage: hand size and
+    proportions, carpals, the thumb sesamoid. A forced single stage leaves it unchanged.
+    """
+    stages = stages_from_fractions({k: float(latent) for k in ROI_KEYS}, "rus-chn", sex)
+    ages, scores = load_tables("rus-chn").curve[sex]
+    return float(np.interp(total_score(stages, "rus-chn", sex), scores, ages))

@@ -1,14 +1,31 @@
 """Render one phantom: labels -> canonical hand -> pose -> radiograph-like image + ground truth.
 
-The image is built the way a radiograph forms: soft-tissue thickness and bone density add up
-to an attenuation map, which an exposure curve turns into brightness (bone brighter than soft
-tissue brighter than background). Then come the nuisances a real image has: uneven exposure,
-brightness gradients, blur, noise, white collimator strips at the edges and an "L" marker /
-text at free places. Everything is drawn with OpenCV primitives on small patches, so one
-512 px phantom takes milliseconds.
+The image is built the way a radiograph forms. Soft tissue adds attenuation by its thickness
+(a cylinder's chord across a finger, a thicker slab over the palm, the thenar eminence);
+bones add theirs as hollow tubes: bright cortical walls along the shafts, a darker medulla
+filled with oriented trabecular texture, a thin bright rim around epiphyses, carpals and
+the thumb sesamoid. The summed attenuation, seen through an uneven dose (heel effect), goes
+through a display curve (window, gamma) like a processed radiograph (bone brighter than soft
+tissue brighter than background); then detector blur, edge enhancement, noise and sometimes
+anti-scatter grid lines.
 
-Random numbers come from separate streams (labels, anatomy, pose, look), so forcing the
-stages or the age of a phantom leaves its anatomy, pose and nuisances unchanged.
+Two styles:
+
+* ``"raw"``: a square film, the hand small to large on it, rotated, a dark but not black
+  background, white collimator strips at the edges, an "L" marker and text at free places;
+* ``"preprocessed"``: what public bone-age sets publish after clean-up: a portrait frame
+  (width / height = 1600 / 2080), the hand upright and filling it (fingertips near the top
+  edge, forearm a short stub leaving at the bottom, thumb or little finger touching the
+  sides), pixels outside the soft-tissue silhouette exactly 0, no markers.
+
+Every ROI box lies inside the frame (the pose is fitted so that all 13 growth regions are in
+view; soft tissue may leave the frame, a bone's growth region never does), so boxes are never
+cut. Drawing uses OpenCV primitives and distance transforms on small patches: a 512 px
+phantom takes some tens of milliseconds.
+
+Random numbers come from separate streams (labels, anatomy, pose, look, artefacts, style), so
+forcing the stages or the age of a phantom leaves its anatomy, pose and nuisances unchanged.
+Size and proportions follow the hand's skeletal maturity (not a single forced stage).
 """
 
 from __future__ import annotations
@@ -23,19 +40,39 @@ from ..errors import InputError
 from ..rois import ROI_KEYS, num_stages
 from ..schemas import Box
 from .geometry import Hand, TubularBone, build_hand
-from .labels import Labels, sample_labels
-from .maturity import growth_region, maturity
+from .labels import Labels, age_for_maturity, sample_labels
+from .maturity import SHAPES, growth_region, maturity
 
 _SHIFT = 4  # sub-pixel bits for cv2 drawing
 _ONE = 1 << _SHIFT
 _TEXTS = ("L", "PA", "LEFT", "L PA", "HAND", "L HAND PA", "AP", "STANDING")
+#: changes whenever the same seed renders a different image (datasets record it)
+GENERATOR_VERSION = 2
+#: phantom styles; "mixed" draws one of them per phantom (50/50) from the phantom's own seed
+STYLES = ("raw", "preprocessed")
+#: width / height of the preprocessed style's portrait frame (1600 x 2080)
+PORTRAIT = 1600.0 / 2080.0
+
+
+def frame_shape(size: int, style: str) -> tuple[int, int]:
+    """``(height, width)`` of a ``style`` phantom whose longer side is ``size``."""
+    if style == "preprocessed":
+        return size, int(round(size * PORTRAIT))
+    return size, size
+
+
+def check_style(style: str) -> str:
+    if style not in STYLES + ("mixed",):
+        raise InputError(f"style {style!r} is not one of: {', '.join(STYLES + ('mixed',))}")
+    return style
 
 
 @dataclass(frozen=True)
 class Phantom:
     """One synthetic left-hand PA radiograph with its ground truth.
 
-    ``image`` float32 ``[size, size]`` in [0, 1] (bright = bone); ``mask`` bool, the soft-tissue
+    ``image`` float32 ``[height, width]`` in [0, 1] (bright = bone; square for the raw style,
+    portrait for the preprocessed one); ``mask`` bool of the same shape, the soft-tissue
     silhouette of hand, wrist and visible forearm (never the markers or border strips);
     ``boxes`` one ROI box per ROI key (pixels, inside the image); ``stages`` RUS-CHN and
     ``stages_tw3`` TW3 stages per ROI; ``bone_age`` and ``maturity_score`` are what the RUS-CHN
@@ -54,43 +91,127 @@ class Phantom:
     maturity_score: int
     epiphysis_boxes: dict[str, Box | None]
     artefact_mask: np.ndarray
+    style: str = "raw"
+    mirrored: bool = False
 
 
 # --------------------------------------------------------------------------------------------
 # drawing helpers
-class _Canvas:
-    """Float image with anti-aliased polygon drawing on local patches.
+def _tube(d: np.ndarray, radius: float, cortex: float, trab: float) -> tuple[np.ndarray, np.ndarray]:
+    """Projected thickness of a hollow bone at depth ``d`` (px) inside its outline.
 
-    A bone is drawn as one piece: its solid parts (shaft, epiphysis, bridge) are united
-    (maximum), so where they touch or overlap nothing is counted twice; its modifiers (the
-    darker medulla, the dense metaphyseal line) are added inside it. Bones then add up, as
-    overlapping bones do in a radiograph.
+    A tube of outer radius ``radius`` seen side-on: the chord through the cortical wall
+    (``cortex`` x radius thick) and the chord through the medulla (times ``trab``, the
+    trabecular bone's relative density), both / radius. The wall's chord peaks just inside the
+    edge: the bright cortical lines of a radiograph.
+    """
+    r = max(float(radius), 0.75)
+    dd = np.minimum(d, r)
+    outer = np.sqrt(np.maximum(dd * (2 * r - dd), 0.0)) / r
+    c = cortex * r
+    ri = r - c
+    di = np.clip(dd - c, 0.0, ri)
+    inner = np.sqrt(np.maximum(di * (2 * ri - di), 0.0)) / r
+    return outer - inner, trab * inner
+
+
+def _shaft(bone: TubularBone, pose: Pose, x0: int, y0: int, shape: tuple[int, int],
+           trab: float) -> tuple[np.ndarray, np.ndarray]:
+    """Cortical and trabecular chords of a tubular bone's shaft on a patch (origin x0, y0).
+
+    The shaft is a tube whose radius follows the bone's outline: thick cortical walls at
+    mid-shaft thinning towards the ends, a trabecular medulla, a flattened (less deep)
+    metaphysis. Values are chords / the mid-shaft radius (1 = solid bone through the middle).
+    """
+    a, b, _ = bone.shaft_frame()
+    pa, pb = pose(a[None])[0], pose(b[None])[0]
+    length = max(float(np.hypot(*(pb - pa))), 1e-3)
+    e = (pb - pa) / length
+    yy, xx = np.mgrid[0:shape[0], 0:shape[1]].astype(np.float32)
+    xx += x0 + 0.5 - pa[0]
+    yy += y0 + 0.5 - pa[1]
+    t = (xx * e[0] + yy * e[1]) / length
+    u = xx * e[1] - yy * e[0]
+    hw = np.maximum(bone.half_width(t) * pose.scale, 1e-3).astype(np.float32)
+    r = 0.5 * bone.width * bone.shaft * pose.scale
+    depth = np.minimum(hw, 1.15 * r)
+    c = bone.cortex * r * np.clip(1.5 * np.sin(np.pi * np.clip(t, 0.0, 1.0)), 0.22, 1.0)
+    outer = depth * np.sqrt(np.clip(1.0 - (u / hw) ** 2, 0.0, 1.0))
+    hi = np.maximum(hw - c, 1e-3)
+    inner = np.maximum(depth - c, 0.0) * np.sqrt(np.clip(1.0 - (u / hi) ** 2, 0.0, 1.0))
+    return (outer - inner) / r, trab * inner / r
+
+
+def _orientation_weights(direction: np.ndarray) -> np.ndarray:
+    """Weights of the 4 texture orientations (0, 45, 90, 135 deg) for a bone axis (image)."""
+    theta = np.arctan2(direction[0], direction[1]) % np.pi
+    diff = (theta - np.arange(4) * np.pi / 4 + np.pi / 2) % np.pi - np.pi / 2
+    return np.clip(1.0 - np.abs(diff) / (np.pi / 4), 0.0, 1.0)
+
+
+class _BoneCanvas:
+    """Cortical and trabecular bone maps, drawn bone by bone on local patches.
+
+    A bone's solid parts (shaft, epiphysis, bridge) are united (maximum), so where they touch
+    or overlap nothing is counted twice; its modifiers (the dense metaphyseal line) are added
+    inside it. Bones then add up, as overlapping bones do in a radiograph. The trabecular part
+    is also kept times a texture streaked along the bone (``texture``).
     """
 
-    def __init__(self, size: int):
-        self.size = size
-        self.data = np.zeros((size, size), np.float32)
+    def __init__(self, shape: tuple[int, int], textures: np.ndarray):
+        self.shape = shape
+        self.textures = textures  # [4, h, w]: trabecular streaks at 0, 45, 90, 135 degrees
+        self.cortical = np.zeros(shape, np.float32)
+        self.trabecular = np.zeros(shape, np.float32)
+        self.texture = np.zeros(shape, np.float32)
 
-    def add(self, solids: list[tuple[np.ndarray, float]],
-            modifiers: list[tuple[np.ndarray, float]] = ()) -> None:
-        pts_all = np.concatenate([p for p, _ in solids])
+    def add(self, solids: list[tuple[np.ndarray, float, float, float, float]],
+            modifiers: list[tuple[np.ndarray, float]] = (), *, shaft: tuple | None = None,
+            axis: np.ndarray | None = None) -> None:
+        """``solids``: (outline px, density, tube radius px, cortex fraction, trabecular
+        density), depth taken from the distance to the outline; ``shaft``: (outline px,
+        density, bone, pose, trabecular density), depth from the bone's own profile;
+        ``modifiers``: (outline px, added density); ``axis``: the bone's direction in the image
+        (None: no preferred direction)."""
+        h, w = self.shape
+        outlines = [s[0] for s in solids] + ([shaft[0]] if shaft is not None else [])
+        pts_all = np.concatenate(outlines)
         x0, y0 = np.floor(pts_all.min(0)).astype(int) - 1
         x1, y1 = np.ceil(pts_all.max(0)).astype(int) + 2
-        x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, self.size), min(y1, self.size)
+        x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
         if x1 <= x0 or y1 <= y0:
             return
-        patch = np.zeros((y1 - y0, x1 - x0), np.float32)
-        tmp = np.zeros(patch.shape, np.uint8)
-        for i, (pts, value) in enumerate(list(solids) + list(modifiers)):
+        cort = np.zeros((y1 - y0, x1 - x0), np.float32)
+        trab = np.zeros_like(cort)
+        tmp = np.zeros(cort.shape, np.uint8)
+
+        def cover(pts: np.ndarray) -> np.ndarray:
             tmp[:] = 0
             cv2.fillPoly(tmp, [np.round((pts - (x0, y0)) * _ONE).astype(np.int32)], 255,
                          cv2.LINE_AA, _SHIFT)
-            layer = tmp.astype(np.float32) * (value / 255.0)
-            if i < len(solids):
-                np.maximum(patch, layer, out=patch)
-            else:
-                patch += layer
-        self.data[y0:y1, x0:x1] += patch
+            return tmp
+
+        if shaft is not None:
+            pts, density, bone, pose, trab_density = shaft
+            cov = cover(pts).astype(np.float32) / 255.0
+            c, t = _shaft(bone, pose, x0, y0, cort.shape, trab_density)
+            cort[:] = density * c * cov
+            trab[:] = density * t * cov
+        for pts, density, radius, cortex, trab_density in solids:
+            cover(pts)
+            inside = (tmp >= 128).astype(np.uint8)
+            d = cv2.distanceTransform(inside, cv2.DIST_L2, 3) if inside.any() else np.zeros(cort.shape, np.float32)
+            d = np.where(inside > 0, d - 0.5, 0.0) + tmp.astype(np.float32) / 510.0
+            c, t = _tube(d, radius, cortex, trab_density)
+            np.maximum(cort, density * c, out=cort)
+            np.maximum(trab, density * t, out=trab)
+        for pts, value in modifiers:
+            cort += cover(pts).astype(np.float32) * (value / 255.0)
+        weights = _orientation_weights(axis) if axis is not None else np.full(4, 0.3)
+        tex = sum(wt * self.textures[k, y0:y1, x0:x1] for k, wt in enumerate(weights) if wt > 0)
+        self.cortical[y0:y1, x0:x1] += cort
+        self.trabecular[y0:y1, x0:x1] += trab
+        self.texture[y0:y1, x0:x1] += trab * tex
 
 
 def _fill(canvas: np.ndarray, polys: list[np.ndarray], value: int = 255) -> None:
@@ -98,37 +219,103 @@ def _fill(canvas: np.ndarray, polys: list[np.ndarray], value: int = 255) -> None
         cv2.fillPoly(canvas, [np.round(pts * _ONE).astype(np.int32)], value, cv2.LINE_AA, _SHIFT)
 
 
-def _smooth_field(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
+def _smooth_field(rng: np.random.Generator, shape: int | tuple[int, int], cells: int) -> np.ndarray:
     """Smooth random field in about [-1, 1]: ``cells`` x ``cells`` noise, upsampled."""
+    h, w = (shape, shape) if isinstance(shape, int) else shape
     small = rng.standard_normal((cells, cells)).astype(np.float32)
-    return cv2.resize(small, (size, size), interpolation=cv2.INTER_CUBIC)
+    return cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC)
+
+
+def _trabecular_texture(rng: np.random.Generator, shape: tuple[int, int], period: float,
+                        angle: float) -> np.ndarray:
+    """Band-pass noise streaked along ``angle`` (rad, image y axis): trabeculae (unit std)."""
+    noise = rng.standard_normal(shape, dtype=np.float32)
+    s_long, s_short = max(0.5, 1.3 * period), max(0.35, 0.35 * period)
+    r = int(np.ceil(2.5 * s_long))
+    yy, xx = np.mgrid[-r:r + 1, -r:r + 1].astype(np.float32)
+    c, s = np.cos(angle), np.sin(angle)
+    along, across = yy * c + xx * s, -yy * s + xx * c
+    k = np.exp(-0.5 * ((along / s_long) ** 2 + (across / s_short) ** 2)).astype(np.float32)
+    tex = cv2.filter2D(noise, -1, k / k.sum())
+    tex -= cv2.GaussianBlur(tex, (0, 0), max(1.0, 2.0 * period))
+    return tex / max(float(tex.std()), 1e-6)
 
 
 # --------------------------------------------------------------------------------------------
 # pose
 @dataclass(frozen=True)
 class Pose:
-    linear: np.ndarray  # 2x2, canonical mm (y up) -> pixels (y down)
+    linear: np.ndarray  # 2x2, canonical units (y up) -> pixels (y down)
     offset: np.ndarray
-    scale: float  # pixels per mm
+    scale: float  # pixels per unit
+    angle: float = 0.0  # rotation (rad) of the hand's long axis from the image's vertical
+    mirrored: bool = False
 
     def __call__(self, pts: np.ndarray) -> np.ndarray:
         return np.asarray(pts, float) @ self.linear.T + self.offset
 
 
-def sample_pose(rng: np.random.Generator, hand: Hand, size: int) -> Pose:
-    """Random rotation, scale and position; the hand inside, the forearm out at the bottom."""
-    a = np.deg2rad(rng.uniform(-15.0, 15.0))
+def _roi_corners(hand: Hand) -> np.ndarray:
+    """Centres (units) and half sides of the 13 ROI boxes: ``[13, 3]``."""
+    rows = []
+    for bone in hand.bones:
+        if bone.roi is not None:
+            centre, side = bone.box()
+            rows.append([centre[0], centre[1], 0.5 * side])
+    return np.asarray(rows)
+
+
+def sample_pose(rng: np.random.Generator, hand: Hand, shape: tuple[int, int],
+                style: str = "raw") -> Pose:
+    """Random rotation, mirroring, scale and position for ``style`` in a ``shape`` frame.
+
+    Raw: a film of 19-30 cm (the hand's real size decides how much of it the hand covers),
+    rotated up to 18 degrees, the forearm leaving at the bottom, fingers inside. Preprocessed:
+    upright, fingertips 3-15 % below the top edge, a short forearm stub at the bottom, as wide
+    as the frame allows. Either way every ROI box stays inside the frame.
+    """
+    h, w = shape
+    mirrored = bool(rng.random() < 0.08)  # a right hand, or a flipped left one
+    if style == "preprocessed":
+        a = float(np.clip(rng.normal(0.0, 3.0), -8.0, 8.0))
+    else:
+        a = rng.uniform(-18.0, 18.0)
+    a = np.deg2rad(a)
     rot = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]]) @ np.diag([1.0, -1.0])
+    if mirrored:
+        rot = rot @ np.diag([-1.0, 1.0])
     pts = hand.fit_points @ rot.T
-    lo, hi = pts.min(0), pts.max(0)
-    margin = 0.065 * size
-    scale = min((size - 2 * margin) / (hi[0] - lo[0]), (size - margin) / (hi[1] - lo[1]))
-    scale *= rng.uniform(0.8, 1.0)
-    lo, hi = lo * scale, hi * scale
-    tx = rng.uniform(margin - lo[0], size - margin - hi[0])
-    ty = size * (1.0 + rng.uniform(0.0, 0.03)) - hi[1]  # forearm stub ends below the image
-    return Pose(linear=rot * scale, offset=np.array([tx, ty]), scale=float(scale))
+    rois = _roi_corners(hand)
+    rc = rois[:, :2] @ rot.T
+    rlo, rhi = rc - rois[:, 2:3], rc + rois[:, 2:3]  # ROI boxes (unit scale, axis-aligned)
+    r_lo, r_hi = rlo.min(0), rhi.max(0)
+    if style == "preprocessed":
+        physis = (hand.bone("radius").physis @ rot.T)[1]
+        tip = pts[:, 1].min()
+        top = rng.uniform(0.03, 0.08) if rng.random() < 0.85 else rng.uniform(0.08, 0.15)
+        stub = rng.uniform(0.06, 0.13)
+        scale = h * (1.0 - top - stub) / (physis - tip)
+        upper = pts[pts[:, 1] <= physis + stub * h / scale]
+        lo, hi = upper.min(0), upper.max(0)
+        scale = min(scale, w * rng.uniform(0.95, 1.1) / (hi[0] - lo[0]),
+                    (w - 2.0) / (r_hi[0] - r_lo[0]), (h - 2.0) / (r_hi[1] - r_lo[1]))
+        tx = 0.5 * (w - (lo[0] + hi[0]) * scale) + rng.uniform(-0.04, 0.04) * w
+        tx = float(np.clip(tx, 1.0 - r_lo[0] * scale, w - 1.0 - r_hi[0] * scale))
+        ty = h * (1.0 - stub) - physis * scale
+        ty = float(np.clip(ty, 1.0 - r_lo[1] * scale, h - 1.0 - r_hi[1] * scale))
+    else:
+        lo, hi = pts.min(0), pts.max(0)
+        margin = 0.065 * w
+        fit = min((w - 2 * margin) / (hi[0] - lo[0]), (h - margin) / (hi[1] - lo[1]))
+        scale = min(fit, w / rng.uniform(190.0, 300.0) * hand.mm)  # px per unit on this film
+        smallest = 2.0 * rois[:, 2].min()
+        scale = min(fit, max(scale, 0.03 * w / smallest))  # the smallest ROI box >= 3 % of the frame
+        lo, hi = lo * scale, hi * scale
+        tx = rng.uniform(margin - lo[0], max(margin - lo[0], w - margin - hi[0]))
+        ty = h * (1.0 + rng.uniform(0.0, 0.03)) - hi[1]  # forearm stub ends below the image
+        ty = float(min(ty, h - 1.0 - r_hi[1] * scale))
+    return Pose(linear=rot * scale, offset=np.array([tx, ty]), scale=float(scale),
+                angle=float(a), mirrored=mirrored)
 
 
 # --------------------------------------------------------------------------------------------
@@ -144,36 +331,48 @@ def _box(pts: np.ndarray) -> Box:
     return Box(x0=float(x0), y0=float(y0), x1=float(x1), y1=float(y1))
 
 
-def _draw_bones(hand: Hand, stages: Mapping[str, int], hand_maturity: float, pose: Pose,
-                size: int) -> tuple[np.ndarray, dict[str, Box | None]]:
-    """Bone density map (1 ~ cortical bone seen side-on) and the drawn epiphyses' boxes."""
-    canvas = _Canvas(size)
+def _draw_bones(hand: Hand, stages: Mapping[str, int], pose: Pose, shape: tuple[int, int],
+                trab: float, textures: np.ndarray) -> tuple[_BoneCanvas, dict[str, Box | None]]:
+    """Cortical / trabecular bone maps (1 ~ a tube seen side-on) and the epiphyses' boxes."""
+    canvas = _BoneCanvas(shape, textures)
     epiphyses: dict[str, Box | None] = {}
     for bone in hand.bones:
         d = bone.density
         region = growth_region(bone.kind, _bone_maturity(bone, stages),
                                width_scale=bone.epi_width, height_scale=bone.epi_height)
-        solids = [(pose(bone.shaft_outline()), d)]
+        r_shaft = 0.5 * bone.width * bone.shaft * pose.scale
+        solids = []
         box = None
         if region.epiphysis is not None:
             pts = pose(bone.local_to_canonical(region.epiphysis))
-            solids.append((pts, 0.95 * d * region.density))
+            r_epi = 0.5 * SHAPES[bone.kind].height * bone.epi_height * bone.width * bone.axial
+            solids.append((pts, d * region.density, r_epi * pose.scale, 0.25, 2.4 * trab))
             box = _box(pts)
         if region.bridge is not None:
-            solids.append((pose(bone.local_to_canonical(region.bridge)), d * region.bridge_density))
-        canvas.add(solids, [(pose(bone.medulla_outline()), -0.5 * d),
-                            (pose(bone.metaphysis_band()), region.band_density * d)])
+            solids.append((pose(bone.local_to_canonical(region.bridge)), d * region.bridge_density,
+                           r_shaft, 0.1, 2.0 * trab))
+        axis = pose(bone.axis_out[None])[0] - pose(np.zeros((1, 2)))[0]
+        canvas.add(solids, [(pose(bone.metaphysis_band()), 0.8 * region.band_density * d)],
+                   shaft=(pose(bone.shaft_outline()), d, bone, pose, trab), axis=axis)
         if bone.roi is not None:
             epiphyses[bone.roi] = box
     for carpal in hand.carpals:
-        outline = carpal.outline(hand_maturity)
+        outline = carpal.outline(hand.bone_age)
         if outline is not None:
-            inner = carpal.centre + 0.6 * (outline - carpal.centre)
-            canvas.add([(pose(outline), 0.9)], [(pose(inner), -0.2)])
-    return canvas.data, epiphyses
+            ext = outline - carpal.centre
+            radius = 0.6 * float(np.hypot(ext[:, 0], ext[:, 1]).min()) * pose.scale
+            canvas.add([(pose(outline), 0.55, radius, 0.22, 2.0 * trab)])
+    if hand.sesamoid is not None:
+        centre, r = hand.sesamoid
+        th = np.linspace(0, 2 * np.pi, 16, endpoint=False)
+        pts = centre + r * np.stack([np.cos(th), np.sin(th)], 1)
+        canvas.add([(pose(pts), 0.6, r * pose.scale, 0.4, 2.0 * trab)])
+    return canvas, epiphyses
 
 
-def _roi_boxes(hand: Hand, pose: Pose, size: int) -> dict[str, Box]:
+def _roi_boxes(hand: Hand, pose: Pose, shape: tuple[int, int]) -> dict[str, Box]:
+    """The 13 ROI boxes in pixels, clipped to the frame (the pose keeps them inside)."""
+    h, w = shape
     boxes = {}
     for bone in hand.bones:
         if bone.roi is None:
@@ -181,11 +380,36 @@ def _roi_boxes(hand: Hand, pose: Pose, size: int) -> dict[str, Box]:
         centre, side = bone.box()
         cx, cy = pose(centre[None])[0]
         half = 0.5 * side * pose.scale
-        boxes[bone.roi] = Box(
-            x0=float(max(cx - half, 0.0)), y0=float(max(cy - half, 0.0)),
-            x1=float(min(cx + half, size)), y1=float(min(cy + half, size)),
-        )
+        box = Box(x0=float(max(cx - half, 0.0)), y0=float(max(cy - half, 0.0)),
+                  x1=float(min(cx + half, w)), y1=float(min(cy + half, h)))
+        if box.width <= 0 or box.height <= 0:  # the pose fit rules this out
+            raise RuntimeError(f"phantom ROI {bone.roi} fell outside the frame")
+        boxes[bone.roi] = box
     return {k: boxes[k] for k in ROI_KEYS}
+
+
+def _soft_tissue(hand: Hand, pose: Pose, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Silhouette (bool) and soft-tissue thickness (about 0..1.6) of the hand."""
+    h, w = shape
+    silhouette = np.zeros(shape, np.uint8)
+    _fill(silhouette, [pose(t) for t in hand.tissue])
+    inside = silhouette >= 128
+    dist = cv2.distanceTransform(inside.astype(np.uint8), cv2.DIST_L2, 5) / pose.scale  # units
+    r = 10.0 * hand.tissue_scale  # a finger's radius
+    dd = np.minimum(dist, r)
+    thickness = np.sqrt(np.maximum(dd * (2 * r - dd), 0.0)) / r
+    thickness += 0.3 * np.clip((dist - r) / (2.5 * r), 0, 1) ** 0.8
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    for centre, axes, angle, amp in hand.bulges:
+        cx, cy = pose(np.asarray(centre)[None])[0]
+        a = np.deg2rad(angle) + pose.angle * (-1 if pose.mirrored else 1)
+        dx, dy = xx - cx, yy - cy
+        u = (dx * np.cos(a) + dy * np.sin(a)) / (axes[0] * pose.scale)
+        v = (-dx * np.sin(a) + dy * np.cos(a)) / (axes[1] * pose.scale)
+        thickness += amp * np.exp(-0.5 * (u * u + v * v) * 2.0) * np.clip(dist / r, 0, 1)
+    thickness = cv2.GaussianBlur(thickness.astype(np.float32), (0, 0), 1.0 * pose.scale)
+    thickness *= silhouette.astype(np.float32) / 255.0
+    return inside, thickness
 
 
 def _free_spot(forbidden: np.ndarray, w: int, h: int, rng: np.random.Generator,
@@ -263,83 +487,108 @@ def render_phantom(
     seed: int | np.random.Generator,
     size: int = 512,
     *,
+    style: str = "raw",
     sex: str | None = None,
     chronological_age: float | None = None,
     stages: Mapping[str, int] | None = None,
 ) -> Phantom:
-    """Render one phantom left-hand radiograph (``size`` x ``size``) with its ground truth.
+    """Render one phantom left-hand radiograph with its ground truth.
 
-    ``seed`` fixes everything; ``sex``, ``chronological_age`` and ``stages`` (RUS-CHN, some or
-    all of the 13 ROIs) may be forced, the rest is drawn consistently around them.
+    ``size`` is the frame's longer side: ``size`` x ``size`` for ``style="raw"``, ``size`` high
+    and ``round(size * 1600 / 2080)`` wide for ``"preprocessed"``; ``"mixed"`` picks one of the
+    two (50/50) from the seed. ``seed`` fixes everything; ``sex``, ``chronological_age`` and
+    ``stages`` (RUS-CHN, some or all of the 13 ROIs) may be forced, the rest is drawn
+    consistently around them.
 
     >>> p = render_phantom(0, 256)
     >>> p.image.shape, p.image.dtype, sorted(p.boxes) == sorted(p.stages)
     ((256, 256), dtype('float32'), True)
+    >>> render_phantom(0, 260, style="preprocessed").image.shape
+    (260, 200)
     """
     if size < 128:
         raise InputError(f"size {size} is too small for a hand phantom (use 128 or more)")
+    check_style(style)
     rng = np.random.default_rng(seed)
-    r_labels, r_hand, r_pose, r_look, r_art = rng.spawn(5)
+    r_labels, r_hand, r_pose, r_look, r_art, r_style = rng.spawn(6)
     labels: Labels = sample_labels(r_labels, sex=sex, chronological_age=chronological_age, stages=stages)
-    hand = build_hand(r_hand)
-    pose = sample_pose(r_pose, hand, size)
+    if style == "mixed":
+        style = STYLES[int(r_style.random() < 0.5)]
+    raw = style == "raw"
+    shape = frame_shape(size, style)
+    h, w = shape
+    hand = build_hand(r_hand, age_for_maturity(labels.maturity, labels.sex), labels.sex)
+    pose = sample_pose(r_pose, hand, shape, style)
     px = size / 512.0  # lengths given for 512 px images scale with the size
 
-    # soft tissue: silhouette and thickness (thicker in palm and forearm than at the edges)
-    silhouette = np.zeros((size, size), np.uint8)
-    _fill(silhouette, [pose(t) for t in hand.tissue])
-    inside = silhouette >= 128
-    dist = cv2.distanceTransform(inside.astype(np.uint8), cv2.DIST_L2, 5) / pose.scale  # mm
-    thickness = np.sqrt(np.clip(dist / 9.0, 0, 1)) + 0.35 * np.clip((dist - 9.0) / 25.0, 0, 1)
-    thickness = cv2.GaussianBlur(thickness.astype(np.float32), (0, 0), 2.5 * pose.scale)
-    thickness *= silhouette.astype(np.float32) / 255.0
+    inside, thickness = _soft_tissue(hand, pose, shape)
+    trab = r_look.uniform(0.25, 0.4)
+    period = 0.45 * pose.scale * hand.mm  # trabecular spacing ~0.5 mm
+    textures = np.stack([_trabecular_texture(r_look, shape, period, k * np.pi / 4) for k in range(4)])
+    canvas, epiphyses = _draw_bones(hand, labels.stages, pose, shape, trab, textures)
+    bone = canvas.cortical + canvas.trabecular + r_look.uniform(0.12, 0.25) * canvas.texture
 
-    bone, epiphyses = _draw_bones(hand, labels.stages, labels.maturity, pose, size)
-    texture = _smooth_field(r_look, size, max(8, size // 10))
-    bone *= 1.0 + 0.07 * texture * (bone > 0)
-
-    # exposure: the detector sees dose * exp(-attenuation), displayed inverted (bone bright);
-    # the dose varies over the field (heel effect, uneven exposure), never saturating bone
-    mu_t = r_look.uniform(0.4, 0.65)
-    mu_b = r_look.uniform(1.0, 1.35)
-    background = r_look.uniform(0.02, 0.12)
-    white = r_look.uniform(0.9, 1.0)
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    # exposure: attenuation through an uneven dose (heel effect along the long axis, a tilt,
+    # a smooth field), log-displayed through a window and gamma (bone brightest)
+    mu_t = r_look.uniform(0.55, 0.8)
+    mu_b = r_look.uniform(0.8, 1.05)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    yy, xx = yy / h - 0.5, xx / w - 0.5
     g = r_look.uniform(0, 2 * np.pi)
-    dose = (1.0 + r_look.uniform(0.0, 0.3) * (np.cos(g) * (xx - 0.5) + np.sin(g) * (yy - 0.5))
-            + r_look.uniform(0.0, 0.3) * ((xx - 0.5) ** 2 + (yy - 0.5) ** 2)
-            + r_look.uniform(0.0, 0.06) * _smooth_field(r_look, size, 4))
-    atten = mu_t * thickness + mu_b * np.maximum(bone, 0.0)
-    image = white - (white - background) * dose * np.exp(-atten)
-    image = np.clip(image, 0, 1) ** r_look.uniform(0.8, 1.25)
+    log_dose = (r_look.uniform(-0.15, 0.15) * yy
+                + r_look.uniform(0.0, 0.12) * (np.cos(g) * xx + np.sin(g) * yy)
+                - r_look.uniform(0.0, 0.3) * (xx ** 2 + yy ** 2)
+                + r_look.uniform(0.0, 0.05) * _smooth_field(r_look, shape, 4))
+    density = mu_t * thickness + mu_b * np.maximum(bone, 0.0) - log_dose
+    reference = mu_t * 1.2 + mu_b * 0.9  # cortical bone over the palm
+    # the window starts below the thinnest tissue: the skin line stands out from the background
+    skin = r_look.uniform(0.08, 0.18) * cv2.GaussianBlur(inside.astype(np.float32), (0, 0), 0.7 * px)
+    x = np.clip(density / reference + skin, 0.0, 1.2)
+    gamma = r_look.uniform(0.85, 1.25)
+    if raw:
+        lo, hi = r_look.uniform(0.0, 0.14), r_look.uniform(0.8, 0.97)
+    else:
+        lo, hi = r_look.uniform(0.05, 0.14), r_look.uniform(0.9, 1.02)
+    image = (lo + (hi - lo) * x ** gamma).astype(np.float32)
 
-    # nuisances outside the hand
-    art = np.zeros((size, size), bool)
-    strips = _draw_strips(image, r_art, size)
-    art |= strips
-    forbidden = cv2.dilate(inside.astype(np.uint8), np.ones((3, 3), np.uint8),
-                           iterations=max(2, int(6 * px))) > 0
-    forbidden |= strips
-    _draw_marker(image, art, forbidden, r_art, "L",
-                 r_art.uniform(22, 40) * px, r_art.choice(["marker", "box", "inverse"]))
-    if r_art.random() < 0.5:
-        text = str(r_art.choice(_TEXTS))
+    # nuisances outside the hand (raw films only)
+    art = np.zeros(shape, bool)
+    strips = np.zeros(shape, bool)
+    if raw:
+        strips = _draw_strips(image, r_art, size)
+        art |= strips
+        forbidden = cv2.dilate(inside.astype(np.uint8), np.ones((3, 3), np.uint8),
+                               iterations=max(2, int(6 * px))) > 0
+        forbidden |= strips
+        _draw_marker(image, art, forbidden, r_art, "L",
+                     r_art.uniform(22, 40) * px, r_art.choice(["marker", "box", "inverse"]))
         if r_art.random() < 0.5:
-            text = f"{text} {r_art.integers(1, 29):02d}/{r_art.integers(1, 13):02d}/{r_art.integers(2005, 2025)}"
-        _draw_marker(image, art, forbidden, r_art, text, r_art.uniform(9, 15) * px, "plain")
+            text = str(r_art.choice(_TEXTS))
+            if r_art.random() < 0.5:
+                text = f"{text} {r_art.integers(1, 29):02d}/{r_art.integers(1, 13):02d}/{r_art.integers(2005, 2025)}"
+            _draw_marker(image, art, forbidden, r_art, text, r_art.uniform(9, 15) * px, "plain")
 
-    # detector blur and noise
-    image = cv2.GaussianBlur(image.astype(np.float32), (0, 0), r_look.uniform(0.5, 1.1) * px)
-    sigma = r_look.uniform(0.004, 0.02)
-    noise = r_look.standard_normal((size, size), dtype=np.float32)
+    # detector blur, edge enhancement, noise, anti-scatter grid lines
+    image = cv2.GaussianBlur(image, (0, 0), r_look.uniform(0.45, 0.9) * px)
+    sharpen, s_sigma = r_look.uniform(0.0, 0.8), r_look.uniform(1.5, 5.0) * px
+    image = image + sharpen * (image - cv2.GaussianBlur(image, (0, 0), s_sigma))
+    sigma = r_look.uniform(0.004, 0.016)
+    noise = r_look.standard_normal(shape, dtype=np.float32)
     noise = cv2.GaussianBlur(noise, (0, 0), 0.6 * px) * 1.8
     image = image + sigma * noise * np.sqrt(np.clip(image, 0.02, 1.0) / 0.4)
+    if r_look.random() < (0.3 if raw else 0.12):
+        period = r_look.uniform(2.2, 4.5) * px
+        axis = xx * w if r_look.random() < 0.5 else yy * h
+        image = image + r_look.uniform(0.003, 0.01) * np.sin(2 * np.pi * axis / period)
     image = np.clip(image, 0.0, 1.0).astype(np.float32)
+    mask = inside & ~strips
+    if not raw:
+        image[~inside] = 0.0  # segmented onto exactly black
 
     return Phantom(
         image=image,
-        mask=inside & ~strips,
-        boxes=_roi_boxes(hand, pose, size),
+        mask=mask,
+        boxes=_roi_boxes(hand, pose, shape),
         stages=dict(labels.stages),
         stages_tw3=dict(labels.stages_tw3),
         sex=labels.sex,
@@ -348,4 +597,6 @@ def render_phantom(
         maturity_score=labels.maturity_score,
         epiphysis_boxes={k: epiphyses.get(k) for k in ROI_KEYS},
         artefact_mask=art,
+        style=style,
+        mirrored=pose.mirrored,
     )
