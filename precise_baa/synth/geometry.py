@@ -302,7 +302,7 @@ def build_hand(rng: np.random.Generator, bone_age: float = 10.0, sex: str = "M")
                 else:  # fingers curve a little towards the middle finger
                     angle += -0.06 * _ABDUCT[ray] * spread + rng.normal(0.0, 1.5)
             d = _direction(angle)
-            w = 1.12 * width * width_f * rng.uniform(0.95, 1.05)
+            w = 1.2 * width * width_f * rng.uniform(0.95, 1.05)
             axial = 1.0
             if level > 1 and ray != 1:
                 axial = float(np.cos(np.deg2rad(flex * (0.6 + 0.25 * level))))
@@ -329,8 +329,8 @@ def build_hand(rng: np.random.Generator, bone_age: float = 10.0, sex: str = "M")
         for i, (prox, dist, w, d) in enumerate(chain):
             if i == 0 and ray != 1:
                 continue  # the palm covers the metacarpals of the fingers
-            r0 = 0.5 * w * 1.15 + 2.7 * t
-            r1 = 0.5 * w * (1.05 if i < len(chain) - 1 else 0.9) + 2.5 * t
+            r0 = 0.5 * w * 1.1 + 2.1 * t
+            r1 = 0.5 * w * (1.02 if i < len(chain) - 1 else 0.9) + 2.0 * t
             end = dist + d * (2.6 * t if i == len(chain) - 1 else 0.0)
             start = prox if i > 0 else prox + (dist - prox) * 0.3
             tissue.append(_capsule(start, r0, end, r1))
@@ -364,7 +364,7 @@ def build_hand(rng: np.random.Generator, bone_age: float = 10.0, sex: str = "M")
         ("radius", rad_end, 22.0, 0.55, "radius"),
         ("ulna", uln_end, 12.0, 0.72, "ulna"),
     ):
-        w = width * width_f * rng.uniform(0.95, 1.05)
+        w = 1.15 * width * width_f * rng.uniform(0.95, 1.05)
         prox = end - _direction(tilt) * 300.0
         bones.append(TubularBone(
             name=name, roi=name, sibling=name, kind=kind, prox=prox, dist=end, width=w,

@@ -398,7 +398,7 @@ def _soft_tissue(hand: Hand, pose: Pose, shape: tuple[int, int]) -> tuple[np.nda
     r = 10.0 * hand.tissue_scale  # a finger's radius
     dd = np.minimum(dist, r)
     thickness = np.sqrt(np.maximum(dd * (2 * r - dd), 0.0)) / r
-    thickness += 0.3 * np.clip((dist - r) / (2.5 * r), 0, 1) ** 0.8
+    thickness += 0.6 * np.clip((dist - r) / (2.5 * r), 0, 1) ** 0.8
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     for centre, axes, angle, amp in hand.bulges:
         cx, cy = pose(np.asarray(centre)[None])[0]
@@ -522,16 +522,17 @@ def render_phantom(
     px = size / 512.0  # lengths given for 512 px images scale with the size
 
     inside, thickness = _soft_tissue(hand, pose, shape)
-    trab = r_look.uniform(0.25, 0.4)
+    trab = r_look.uniform(0.2, 0.32)
     period = 0.45 * pose.scale * hand.mm  # trabecular spacing ~0.5 mm
     textures = np.stack([_trabecular_texture(r_look, shape, period, k * np.pi / 4) for k in range(4)])
     canvas, epiphyses = _draw_bones(hand, labels.stages, pose, shape, trab, textures)
     bone = canvas.cortical + canvas.trabecular + r_look.uniform(0.12, 0.25) * canvas.texture
 
     # exposure: attenuation through an uneven dose (heel effect along the long axis, a tilt,
-    # a smooth field), log-displayed through a window and gamma (bone brightest)
-    mu_t = r_look.uniform(0.55, 0.8)
-    mu_b = r_look.uniform(0.8, 1.05)
+    # a smooth field), log-displayed through an S-shaped curve (toe and shoulder, like a
+    # processed radiograph's look-up table): dark thin tissue, bone bright but rarely clipped
+    mu_t = r_look.uniform(0.42, 0.6)
+    mu_b = r_look.uniform(0.75, 1.0)
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     yy, xx = yy / h - 0.5, xx / w - 0.5
     g = r_look.uniform(0, 2 * np.pi)
@@ -540,16 +541,19 @@ def render_phantom(
                 - r_look.uniform(0.0, 0.3) * (xx ** 2 + yy ** 2)
                 + r_look.uniform(0.0, 0.05) * _smooth_field(r_look, shape, 4))
     density = mu_t * thickness + mu_b * np.maximum(bone, 0.0) - log_dose
-    reference = mu_t * 1.2 + mu_b * 0.9  # cortical bone over the palm
+    reference = r_look.uniform(1.6, 2.0)  # density shown near white (bone over the palm)
     # the window starts below the thinnest tissue: the skin line stands out from the background
-    skin = r_look.uniform(0.08, 0.18) * cv2.GaussianBlur(inside.astype(np.float32), (0, 0), 0.7 * px)
+    skin = r_look.uniform(0.05, 0.12) if raw else r_look.uniform(0.03, 0.08)
+    skin = skin * cv2.GaussianBlur(inside.astype(np.float32), (0, 0), 0.7 * px)
     x = np.clip(density / reference + skin, 0.0, 1.2)
-    gamma = r_look.uniform(0.85, 1.25)
+    k, x0 = r_look.uniform(3.5, 5.5), r_look.uniform(0.4, 0.5)
+    s0, s1 = 1.0 / (1.0 + np.exp(k * x0)), 1.0 / (1.0 + np.exp(-k * (1.0 - x0)))
+    curve = (1.0 / (1.0 + np.exp(-k * (x - x0))) - s0) / (s1 - s0)
     if raw:
-        lo, hi = r_look.uniform(0.0, 0.14), r_look.uniform(0.8, 0.97)
+        lo, hi = r_look.uniform(0.0, 0.12), r_look.uniform(0.85, 0.98)
     else:
-        lo, hi = r_look.uniform(0.05, 0.14), r_look.uniform(0.9, 1.02)
-    image = (lo + (hi - lo) * x ** gamma).astype(np.float32)
+        lo, hi = r_look.uniform(0.08, 0.16), r_look.uniform(0.92, 1.0)
+    image = (lo + (hi - lo) * curve).astype(np.float32)
 
     # nuisances outside the hand (raw films only)
     art = np.zeros(shape, bool)
@@ -569,10 +573,10 @@ def render_phantom(
             _draw_marker(image, art, forbidden, r_art, text, r_art.uniform(9, 15) * px, "plain")
 
     # detector blur, edge enhancement, noise, anti-scatter grid lines
-    image = cv2.GaussianBlur(image, (0, 0), r_look.uniform(0.45, 0.9) * px)
-    sharpen, s_sigma = r_look.uniform(0.0, 0.8), r_look.uniform(1.5, 5.0) * px
+    image = cv2.GaussianBlur(image, (0, 0), r_look.uniform(0.55, 1.1) * px)
+    sharpen, s_sigma = r_look.uniform(0.0, 0.5), r_look.uniform(1.5, 5.0) * px
     image = image + sharpen * (image - cv2.GaussianBlur(image, (0, 0), s_sigma))
-    sigma = r_look.uniform(0.004, 0.016)
+    sigma = r_look.uniform(0.008, 0.028)
     noise = r_look.standard_normal(shape, dtype=np.float32)
     noise = cv2.GaussianBlur(noise, (0, 0), 0.6 * px) * 1.8
     image = image + sigma * noise * np.sqrt(np.clip(image, 0.02, 1.0) / 0.4)
@@ -583,7 +587,13 @@ def render_phantom(
     image = np.clip(image, 0.0, 1.0).astype(np.float32)
     mask = inside & ~strips
     if not raw:
-        image[~inside] = 0.0  # segmented onto exactly black
+        # segmented onto exactly black; like a real segmentation the kept region reaches a
+        # pixel or two beyond the skin (a dark rim), and it is what the mask marks
+        rim = int(round(r_art.uniform(0.0, 1.4) * px))
+        if rim:
+            mask = cv2.dilate(inside.astype(np.uint8), np.ones((2 * rim + 1,) * 2, np.uint8)) > 0
+        image[~mask] = 0.0
+        image[mask] = np.maximum(image[mask], 0.012)
 
     return Phantom(
         image=image,
