@@ -16,7 +16,7 @@ from collections.abc import Sequence
 # Modules that contribute sub-commands: each may define add_train(sub), add_evaluate(sub) and
 # add_commands(top) using only argparse at import time.
 _CONTRIBUTORS = (
-    "precise_baa.batch_cli",
+    "precise_baa.batch.cli",
     "precise_baa.synth.cli",
     "precise_baa.segment.cli",
     "precise_baa.detect.cli",

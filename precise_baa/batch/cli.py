@@ -29,7 +29,7 @@ def _batch_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_commands(sub) -> None:
-    from .cli import handler
+    from ..cli import handler
 
     s = sub.add_parser(
         "score", help="score a folder / file list / file of radiographs with the whole pipeline",
@@ -46,22 +46,22 @@ def add_commands(sub) -> None:
                         "combine with `precise-baa merge OUT`")
     _pipeline_args(s)
     _batch_args(s)
-    s.set_defaults(func=handler("precise_baa.batch_cli:cmd_score"))
+    s.set_defaults(func=handler("precise_baa.batch.cli:cmd_score"))
 
     d = sub.add_parser("demo", help="score the bundled example phantoms with the bundled weights",
                        description="Score examples/ with the bundled phantom-trained weights and "
                                    "write a report (not clinical results).")
     d.add_argument("--out", default="out/demo", help="output folder (default out/demo; replaced)")
     _pipeline_args(d)
-    d.set_defaults(func=handler("precise_baa.batch_cli:cmd_demo"))
+    d.set_defaults(func=handler("precise_baa.batch.cli:cmd_demo"))
 
     m = sub.add_parser("merge", help="combine OUT/shard-*/ results into OUT/results.csv and report.html")
     m.add_argument("out", help="the --out folder the shards were written under")
-    m.set_defaults(func=handler("precise_baa.batch_cli:cmd_merge"))
+    m.set_defaults(func=handler("precise_baa.batch.cli:cmd_merge"))
 
 
 def add_evaluate(sub) -> None:
-    from .cli import handler
+    from ..cli import handler
 
     e = sub.add_parser(
         "pipeline", help="the paper's tables for the whole pipeline on a labelled COCO set",
@@ -73,11 +73,11 @@ def add_evaluate(sub) -> None:
     e.add_argument("--out", required=True, help="output folder for the report")
     e.add_argument("--batch-size", type=int, default=4)
     _pipeline_args(e)
-    e.set_defaults(func=handler("precise_baa.batch_cli:cmd_evaluate"))
+    e.set_defaults(func=handler("precise_baa.batch.cli:cmd_evaluate"))
 
 
 def cmd_evaluate(args) -> int:
-    from .evaluation import evaluate_pipeline
+    from ..evaluation import evaluate_pipeline
 
     res = evaluate_pipeline(_build(args), args.coco, args.images, args.out, batch_size=args.batch_size)
     a = res["bone_age"]["all"]
@@ -92,7 +92,7 @@ def _overrides(args) -> dict:
 
 
 def _build(args):
-    from .pipeline import Pipeline
+    from ..pipeline import Pipeline
 
     return Pipeline.from_recipe(args.pipeline, overrides=_overrides(args), device=args.device,
                                 precision=args.precision)
@@ -107,7 +107,7 @@ def _finish(summary, quiet: bool = False) -> int:
 
 
 def cmd_score(args) -> int:
-    from .batch import score_folder, shard_dir
+    from . import score_folder, shard_dir
 
     out = shard_dir(args.out, args.shard) if args.shard else Path(args.out)
     pipe = _build(args)
@@ -124,9 +124,9 @@ def cmd_score(args) -> int:
 def cmd_demo(args) -> int:
     import shutil
 
-    from .batch import score_folder
-    from .errors import PreciseBaaError
-    from .paths import examples_dir, resolve
+    from ..errors import PreciseBaaError
+    from ..paths import examples_dir, resolve
+    from . import score_folder
 
     pipeline_file = resolve(args.pipeline)
     try:
@@ -149,7 +149,7 @@ def cmd_demo(args) -> int:
 
 
 def cmd_merge(args) -> int:
-    from .batch import merge_shards
+    from . import merge_shards
 
     print(f"report: {merge_shards(args.out)}")
     return 0

@@ -1,0 +1,40 @@
+"""Scoring many radiographs: finding inputs, their metadata, the scoring loop, shards.
+
+- :mod:`.discovery`: inputs of a folder / file list / file and their ids;
+- :mod:`.metadata`: the sidecar CSV (sex, chronological age per id);
+- :mod:`.loop`: :func:`score_folder`, decoding in workers, batches, resume, outputs;
+- :mod:`.shards`: ``--shard K/N`` and :func:`merge_shards`;
+- :mod:`.cli`: the ``score`` / ``demo`` / ``merge`` / ``evaluate pipeline`` commands (argparse only
+  at import, so ``precise-baa --help`` stays fast).
+
+Output folder of a run::
+
+    results.csv           one row per input (id, status ok/rejected/error, message, bone age, ...)
+    assessments.jsonl     the full Assessment per input, appended and flushed per batch
+    overlays/ID.png       the radiograph with hand crop, ROI boxes, names and stages
+    crops/ID/ROI.png      ROI thumbnails;  plots/ID_curve.png, plots/ID_attention.png
+    report.html           a static page over all of the above
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+_EXPORTS = {
+    "InputItem": "discovery", "discover": "discovery",
+    "Meta": "metadata", "read_meta": "metadata",
+    "BatchSummary": "loop", "score_folder": "loop", "write_artifacts": "loop",
+    "in_shard": "shards", "merge_shards": "shards", "parse_shard": "shards", "shard_dir": "shards",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """Lazy exports: ``from precise_baa.batch import score_folder`` imports only what it needs."""
+    if name in _EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = sorted(_EXPORTS)
