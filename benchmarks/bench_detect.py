@@ -39,8 +39,8 @@ def run_one(config: str, device: str, batch: int, repeats: int, warmup: int, siz
 
     torch.set_num_threads(threads)
     sys.path.insert(0, str(ROOT))
+    from precise_baa.handcrop import hand_crop
     from precise_baa.registry import load_stage
-    from precise_baa.segment.cleanup import hand_crop
     from precise_baa.synth import render_phantom
 
     phantom = render_phantom(0, size)

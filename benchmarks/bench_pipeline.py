@@ -74,7 +74,7 @@ def _build(name: str, device: str, precision: str):
 def child(args) -> dict:
     import torch
 
-    from precise_baa.segment.cleanup import hand_crop
+    from precise_baa.handcrop import hand_crop
     from precise_baa.synth import render_phantom
 
     torch.set_num_threads(args.threads)

@@ -33,7 +33,7 @@ from .rois import ROI_KEYS, num_stages
 from .schemas import Box, parse_sex
 
 if TYPE_CHECKING:
-    from .segment.cleanup import CleanupParams
+    from .handcrop import CleanupParams
 
 
 @dataclass(frozen=True)
@@ -221,12 +221,12 @@ def prepared_example(
 ) -> tuple[np.ndarray, dict[str, Box], Box]:
     """What detection and grading see for ``record``: ``(hand crop, boxes, crop box)``.
 
-    The crop is :func:`precise_baa.segment.cleanup.hand_crop` of the image with its
+    The crop is :func:`precise_baa.handcrop.hand_crop` of the image with its
     ground-truth mask, exactly as the segmenter's output at inference; the boxes are moved into
     crop coordinates and clipped to the crop (a box left empty by clipping is dropped). The
     crop box is in original image pixels.
     """
-    from .segment.cleanup import CleanupParams, hand_crop
+    from .handcrop import CleanupParams, hand_crop
 
     if record.mask_path is None:
         raise InputError(f"{record.path}: no 'mask_file' for this image in the manifest; the "

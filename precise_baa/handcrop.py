@@ -1,5 +1,9 @@
 """Morphological cleanup of a palm mask, and the hand crop every later stage sees.
 
+A layer below the stages: stage 1 (:mod:`precise_baa.segment`) produces the hand crop with it
+at inference, and :func:`precise_baa.data.prepared_example` produces the same crop from a
+ground-truth mask for training stages 2 and 3.
+
 ``clean_mask`` turns a probability map (or a rough mask) into one solid hand: threshold,
 opening, largest connected component, hole filling, closing. ``hand_crop`` applies a mask to
 the radiograph: background, border strips and markers set to a uniform value, the image cropped
@@ -16,7 +20,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from ..schemas import Box
+from .schemas import Box
 
 
 @dataclass(frozen=True)

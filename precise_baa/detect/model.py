@@ -6,7 +6,7 @@
 (Box(x0=..., ...), 0.98, [])
 
 Input: float32 ``[H, W]`` grayscale in ``[0, 1]`` (bright = bone), as
-:func:`precise_baa.segment.cleanup.hand_crop` produces. Training reads the same crops as 8-bit
+:func:`precise_baa.handcrop.hand_crop` produces. Training reads the same crops as 8-bit
 PNGs, so the predictor scales by 255 and repeats the channel when the model expects 3; the
 config's test pipeline (resize) and data preprocessor (mean/std, padding) do the rest, in
 memory. Boxes come back in the input image's pixel coordinates. After the detector,

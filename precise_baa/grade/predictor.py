@@ -156,7 +156,7 @@ def input_card(recipe: GradeRecipe) -> dict[str, Any]:
     """What a reader of the weights needs to know about the network's input and output."""
     return {
         "input": {"crop_size": recipe.crop_size, "context": recipe.context, "channels": 1,
-                  "range": "[0, 1] hand crop (precise_baa.segment.cleanup.hand_crop), bright = bone",
+                  "range": "[0, 1] hand crop (precise_baa.handcrop.hand_crop), bright = bone",
                   "normalisation": {"mean": recipe.mean, "std": recipe.std},
                   "crop": "precise_baa.crops.crop_roi: box x context, aspect kept, zero padded"},
         "output": {"standard": recipe.standard, "stages": stage_counts(recipe.standard),

@@ -6,7 +6,7 @@ Registered implementations (recipes in ``stages/segment/``):
   MobileNetV3 encoder for CPU / demo), trained with ``precise-baa train segment``.
 - ``threshold``: Otsu on a blurred image; no weights (baseline and fallback).
 
-Both end in the same cleanup (:mod:`precise_baa.segment.cleanup`): threshold, largest
+Both end in the same cleanup (:mod:`precise_baa.handcrop`): threshold, largest
 component, hole filling, opening / closing, then a plausibility check (a rejection with the
 reason, never a guess) and the hand crop (uniform background, cropped, intensity windowed)
 with its box in original image coordinates.

@@ -13,9 +13,9 @@ import cv2
 import numpy as np
 
 from ..errors import InputError
+from ..handcrop import CleanupParams, clean_mask, hand_crop, implausible, normalise_in_mask
 from ..interfaces import SegmentResult
 from ..schemas import Box, Flag, ModelInfo
-from .cleanup import CleanupParams, clean_mask, hand_crop, implausible, normalise_in_mask
 
 
 def check_image(image: object, index: int = 0) -> np.ndarray:

@@ -1,7 +1,7 @@
 """Recipes of the stage-1 segmenters (pydantic only: importing this never imports torch or cv2).
 
 Two registered implementations share the cleanup that turns a probability map into one hand
-and the hand crop every later stage sees (:mod:`precise_baa.segment.cleanup`):
+and the hand crop every later stage sees (:mod:`precise_baa.handcrop`):
 
 - ``unet``: a segmentation-models-pytorch ``Unet`` (1-channel input, encoder named in the
   recipe) trained on image / mask pairs.
@@ -22,7 +22,7 @@ class _Settings(BaseModel):
 
 
 class CleanupSettings(_Settings):
-    """The recipe face of :class:`precise_baa.segment.cleanup.CleanupParams` (same fields and
+    """The recipe face of :class:`precise_baa.handcrop.CleanupParams` (same fields and
     defaults, with bounds checked when the recipe is read)."""
 
     #: probability at or above which a pixel is hand
@@ -53,8 +53,8 @@ class CleanupSettings(_Settings):
         return self
 
     def params(self):
-        """The :class:`~precise_baa.segment.cleanup.CleanupParams` these settings describe."""
-        from .cleanup import CleanupParams
+        """The :class:`~precise_baa.handcrop.CleanupParams` these settings describe."""
+        from ..handcrop import CleanupParams
 
         return CleanupParams(**self.model_dump())
 

@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..data import read_pair, segmentation_pairs
 from ..errors import RecipeError
 from ..evaluation import mask_metrics
+from ..paths import display_path
 from ..registry import parse_recipe, read_recipe
 from ..training import (
     FitResult,
@@ -249,7 +250,7 @@ def train_segmenter(
     card = {
         "intended_use": INTENDED_USE,
         "phantom_trained": bool(_is_phantom(data) if phantom is None else phantom),
-        "training_data": {"data": str(data), "pairs": len(pairs), "train": len(loaders.train_items),
+        "training_data": {"data": display_path(data), "pairs": len(pairs), "train": len(loaders.train_items),
                           "val": len(loaders.val_items), "seed": seed},
         "training": {**t.model_dump(), "device": device},
         "metric": "dice: validation Dice of the thresholded network output at input_size "

@@ -146,5 +146,5 @@ def input_card(recipe: UnetRecipe) -> dict[str, Any]:
             "normalisation": {"mean": recipe.mean, "std": recipe.std},
         },
         "output": {"classes": ["hand"], "activation": "sigmoid", "threshold": recipe.cleanup.threshold,
-                   "postprocessing": "precise_baa.segment.cleanup.clean_mask, then hand_crop"},
+                   "postprocessing": "precise_baa.handcrop.clean_mask, then hand_crop"},
     }
