@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from .paths import display_path
 from .rois import ROI_KEYS
 
 #: the paper's age groups (years, by reference bone age): [lo, hi)
@@ -180,12 +181,18 @@ def write_markdown(path: Path, res: dict[str, Any]) -> None:
     path.write_text("\n".join(lines))
 
 
-def write_plots(out_dir: Path, pred: list[float], ref: list[float], grading: dict[str, Any]) -> None:
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def write_plots(out_dir: Path, pred: list[float], ref: list[float], grading: dict[str, Any]) -> None:
+    plt = pyplot()
     p, r = np.asarray(pred), np.asarray(ref)
     if len(p):
         fig, ax = plt.subplots(figsize=(4, 4), dpi=110)
@@ -276,7 +283,7 @@ def evaluate_pipeline(
         seg_summary[key] = float(np.mean([m[key] for m in masks])) if masks else None
     grading = stage_accuracy(pred_st, true_st)
     res = {
-        "dataset": str(coco), "pipeline": pipeline.recipe.name if pipeline.recipe else "pipeline",
+        "dataset": display_path(coco), "pipeline": pipeline.recipe.name if pipeline.recipe else "pipeline",
         "standard": standard, "n_images": len(recs),
         "rejected": statuses.count("rejected"), "errors": statuses.count("error"),
         "rejection_rate": statuses.count("rejected") / max(1, len(recs)),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -123,3 +124,45 @@ def test_help_lists_the_commands(cli):
     assert p.returncode == 0
     for command in ("stage-score", "info", "train", "evaluate"):
         assert command in p.stdout
+
+
+def test_imports_run_one_way():
+    """The layering the README's Layout describes: the foundation imports no stage, a stage
+    imports no other stage but score, and a stage's evaluate never imports its train."""
+    import ast
+
+    pkg = Path(__file__).resolve().parents[1] / "precise_baa"
+    foundation = ["rois", "schemas", "errors", "paths", "imaging", "handcrop", "crops", "data",
+                  "registry", "weights", "training", "evaluation", "interfaces"]
+    stages = ["segment", "detect", "grade", "score"]
+    upper = ["pipeline", "batch", "report", "synth", "cli"]
+
+    def imported(path: Path) -> set[str]:
+        """First components below precise_baa of every import in ``path`` (lazy ones too)."""
+        rel = path.relative_to(pkg).with_suffix("").parts
+        out = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                base = list(rel[:len(rel) - node.level])
+                parts = base + (node.module.split(".") if node.module else [])
+                if parts:
+                    out.add(parts[0])
+                else:
+                    out.update(a.name for a in node.names)
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("precise_baa."):
+                out.add(node.module.split(".")[1])
+        return out
+
+    for name in foundation:
+        bad = imported(pkg / f"{name}.py") & set(stages + upper)
+        assert not bad, f"{name}.py (foundation) imports {bad}"
+    for stage in stages:
+        for f in (pkg / stage).rglob("*.py"):
+            allowed = {stage, "score"} | ({"cli"} if f.name == "cli.py" else set())
+            bad = imported(f) & (set(stages + upper) - allowed)
+            assert not bad, f"{f.relative_to(pkg)} imports {bad}"
+        evaluate = pkg / stage / "evaluate.py"
+        if evaluate.is_file():
+            local = {n.module for n in ast.walk(ast.parse(evaluate.read_text()))
+                     if isinstance(n, ast.ImportFrom) and n.level == 1}
+            assert "train" not in local, f"{stage}/evaluate.py imports {stage}/train.py"

@@ -19,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from ..evaluation import age_metrics, stage_accuracy
+from ..evaluation import age_metrics, pyplot, stage_accuracy
+from ..paths import display_path
 from ..rois import ROI_BY_KEY, ROI_KEYS, stage_counts, stage_label
 
 
@@ -98,9 +99,8 @@ def _heatmap(ax, mat: np.ndarray, key: str, standard: str, annotate: bool) -> No
 
 def write_confusion_plots(out_dir: Path, confusion: dict[str, list[list[int]]], standard: str) -> None:
     """``confusion.png`` (all ROIs, rows normalised) and ``confusion/ROI.png`` with counts."""
-    from ..report.figures import _pyplot
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(4, 4, figsize=(10, 10), dpi=110)
     for ax in axes.flat[len(ROI_KEYS):]:
         ax.axis("off")
@@ -166,19 +166,19 @@ def evaluate_grader(grader, coco: str | Path, images_dir: str | Path | None, out
     from tqdm.auto import tqdm
 
     from ..data import load_coco
-    from .train import _prepare, _usable
+    from .dataset import prepare_record, usable_records
 
     manifest = load_coco(coco, images_dir)
     recipe = grader.recipe
-    records = _usable(manifest.records, recipe, str(coco))
+    records = usable_records(manifest.records, recipe, str(coco))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     pred, true = [], []
     for start in tqdm(range(0, len(records), batch_size), disable=not progress, unit="batch",
                       desc="grading"):
         chunk = records[start:start + batch_size]
-        prepared = [_prepare(r) for r in chunk]
-        # _usable ensured every sex is known when the model uses it; otherwise it is ignored
+        prepared = [prepare_record(r) for r in chunk]
+        # usable_records ensured every sex is known when the model uses it; otherwise it is ignored
         grades = grader.grade([im for im, _ in prepared], [bx for _, bx in prepared],
                               [r.sex or "F" for r in chunk])
         for r, g in zip(chunk, grades, strict=True):
@@ -190,7 +190,7 @@ def evaluate_grader(grader, coco: str | Path, images_dir: str | Path | None, out
                               [r.bone_age for r in records])
     info = grader.info
     res = {
-        "weights": info.weights or info.name, "dataset": str(coco), "standard": grader.standard,
+        "weights": info.weights or info.name, "dataset": display_path(coco), "standard": grader.standard,
         "n_images": len(records), "phantom_trained": info.phantom_trained,
         "model": info.model_dump(), **metrics,
     }

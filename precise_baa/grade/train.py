@@ -1,10 +1,7 @@
 """Training a grader on a COCO manifest (``precise-baa train grade``).
 
-Each radiograph is first turned into what the grader sees at inference, the segmenter's hand
-crop (:func:`precise_baa.data.prepared_example`: ground-truth mask, boxes moved into the crop).
-Its 13 ROIs are cut with the inference crop function, with box jitter (shift, scale, aspect,
-rotation) so ground-truth crops look like detector crops, plus gray-level augmentation (gamma,
-contrast, brightness, noise). The loss is class-weighted cross entropy per ROI head (weights
+The data (hand crops, jittered ROI crops, gray-level augmentation) come from
+:mod:`precise_baa.grade.dataset`. The loss is class-weighted cross entropy per ROI head (weights
 from the training stage histogram, smoothed) plus an optional ordinal term, the distance of
 the expected stage from the true one. :func:`precise_baa.training.fit` runs the loop and keeps
 the checkpoint with the best validation mean exact accuracy over ROIs.
@@ -12,7 +9,6 @@ the checkpoint with the best validation mean exact accuracy over ROIs.
 
 from __future__ import annotations
 
-import copy
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,11 +16,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
-from ..crops import Jitter, crop_rois, present_mask
 from ..data import ImageRecord, load_coco
-from ..errors import InputError
+from ..paths import display_path
 from ..registry import parse_recipe, read_recipe
 from ..rois import ROI_KEYS, stage_counts
 from ..training import (
@@ -36,8 +31,10 @@ from ..training import (
     with_training_overrides,
 )
 from ..weights import PHANTOM_NOTICE
+from .dataset import GradeDataset, usable_records
+from .evaluate import grading_metrics
 from .models import GraderOutput, build_model
-from .predictor import RoiGrader, input_card, sex_index
+from .predictor import RoiGrader, input_card
 from .recipes import GradeRecipe
 
 log = logging.getLogger(__name__)
@@ -45,100 +42,6 @@ log = logging.getLogger(__name__)
 INTENDED_USE = ("Stage 3 of precise-baa: maturity stage of each of the 13 RUS ROIs of a hand "
                 "radiograph, from the segmenter's hand crop and the detector's ROI boxes. Research "
                 "use; not a medical device.")
-
-
-# --------------------------------------------------------------------------------------------
-# Data
-def _prepare(record: ImageRecord) -> tuple[np.ndarray, dict]:
-    from ..data import prepared_example
-
-    image, boxes, _ = prepared_example(record)
-    return image, boxes
-
-
-class GradeDataset(Dataset):
-    """13 ROI crops + stage labels per radiograph, augmented when ``train``.
-
-    Items: ``(crops float32 [13, S, S], labels int64 [13] (-1 = unknown or hidden), sex int64,
-    present bool [13])``. ``cache`` keeps each hand crop in memory (float16) after the first
-    read; randomness depends on (seed, epoch, index) only, so runs repeat with any number of
-    workers.
-    """
-
-    def __init__(self, records: Sequence[ImageRecord], recipe: GradeRecipe, *, train: bool,
-                 seed: int = 0, cache: bool = True):
-        self.records = list(records)
-        self.recipe = recipe
-        self.train = train
-        self.seed = seed
-        self.epoch = 0
-        t = recipe.training
-        self.jitter = Jitter(scale=t.jitter.scale, shift=t.jitter.shift,
-                             rotation=t.jitter.rotation, aspect=t.jitter.aspect)
-        self._cache: list[tuple[np.ndarray, dict] | None] | None = \
-            [None] * len(self.records) if cache else None
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def example(self, i: int) -> tuple[np.ndarray, dict]:
-        if self._cache is None:
-            return _prepare(self.records[i])
-        if self._cache[i] is None:
-            image, boxes = _prepare(self.records[i])
-            self._cache[i] = (image.astype(np.float16), boxes)
-        image, boxes = self._cache[i]  # type: ignore[misc]
-        return image.astype(np.float32), boxes
-
-    def as_eval(self) -> GradeDataset:
-        """The same images (and cache) without augmentation."""
-        other = copy.copy(self)
-        other.train = False
-        return other
-
-    def preload(self) -> None:
-        """Fill the cache now (before DataLoader workers fork and share it)."""
-        if self._cache is not None:
-            for i in range(len(self)):
-                self.example(i)
-
-    def __getitem__(self, i: int):
-        r, t = self.recipe, self.recipe.training
-        record = self.records[i]
-        image, boxes = self.example(i)
-        truth = record.stages_for(r.standard)
-        labels = np.array([truth.get(k, -1) for k in ROI_KEYS], dtype=np.int64)
-        present = present_mask(boxes)
-        sex = sex_index(record.sex) if record.sex is not None else 0
-        if not self.train:
-            crops = crop_rois(image, boxes, r.crop_size, context=r.context)
-        else:
-            rng = np.random.default_rng([self.seed, self.epoch, i])
-            hide = rng.random(len(ROI_KEYS)) < t.roi_dropout
-            if (present & ~hide).any():
-                present = present & ~hide
-            shown = {k: (boxes.get(k) if present[c] else None) for c, k in enumerate(ROI_KEYS)}
-            crops = crop_rois(image, shown, r.crop_size, context=r.context, jitter=self.jitter,
-                              rng=rng)
-            crops = gray_augment(crops, rng, gamma=t.gamma, contrast=t.contrast,
-                                 brightness=t.brightness, noise=t.noise)
-        labels[~present] = -1
-        return torch.from_numpy(crops), torch.from_numpy(labels), sex, torch.from_numpy(present)
-
-
-def gray_augment(crops: np.ndarray, rng: np.random.Generator, *, gamma: float, contrast: float,
-                 brightness: float, noise: float) -> np.ndarray:
-    """One radiograph's exposure change (gamma, contrast, brightness) and per-pixel noise.
-
-    Background (exact 0: outside the hand or padding) stays 0, as at inference.
-    """
-    g = float(np.exp(rng.uniform(-np.log(gamma), np.log(gamma)))) if gamma > 1 else 1.0
-    c = float(rng.uniform(1 - contrast, 1 + contrast))
-    b = float(rng.uniform(-brightness, brightness))
-    out = np.clip(crops, 0, 1) ** g * c + b
-    if noise:
-        out = out + rng.normal(0.0, noise, size=crops.shape).astype(np.float32)
-    return np.where(crops > 0, np.clip(out, 0, 1), 0).astype(np.float32)
 
 
 # --------------------------------------------------------------------------------------------
@@ -208,21 +111,6 @@ def predict_loader(grader: RoiGrader, loader: DataLoader
     return pred, true, index
 
 
-def _usable(records: Sequence[ImageRecord], recipe: GradeRecipe, source: str) -> list[ImageRecord]:
-    out = [r for r in records if any(k in r.boxes and k in r.stages_for(recipe.standard)
-                                     for k in ROI_KEYS)]
-    if not out:
-        field = "stage" if recipe.standard == "rus-chn" else "stage_tw3"
-        raise InputError(f"{source}: no image has an ROI with both a bbox and a {field!r}; "
-                         f"nothing to train a {recipe.standard} grader on")
-    if recipe.sex_embedding:
-        no_sex = [r.path.name for r in out if r.sex is None]
-        if no_sex:
-            raise InputError(f"{source}: {len(no_sex)} image(s) have no 'sex' (e.g. {no_sex[0]}); "
-                             "the grader's sex embedding needs it (or set sex_embedding: false)")
-    return out
-
-
 def train_grader(
     recipe: GradeRecipe | dict | str | Path,
     coco: str | Path,
@@ -258,7 +146,7 @@ def train_grader(
     device = pick_device(device)
     seed_everything(seed)
     manifest = load_coco(coco, images_dir)
-    records = _usable(manifest.records, recipe, str(coco))
+    records = usable_records(manifest.records, recipe, str(coco))
     loaders = make_loaders(
         records, lambda items, train: GradeDataset(items, recipe, train=train, seed=seed, cache=cache),
         val_fraction=t.val_fraction, seed=seed, batch_size=t.batch_size,
@@ -287,8 +175,6 @@ def train_grader(
                           label_smoothing=t.label_smoothing)
 
     def validate(model) -> dict[str, float]:
-        from .evaluate import grading_metrics
-
         pred, true, index = predict_loader(grader, val_loader)
         m = grading_metrics(pred, true, [val_recs[i].sex for i in index], recipe.standard)
         out = {"mean_accuracy": m["accuracy"]["mean_exact"] or 0.0,
@@ -303,7 +189,7 @@ def train_grader(
         "intended_use": INTENDED_USE,
         "phantom_trained": bool(phantom),
         **({"notice": PHANTOM_NOTICE} if phantom else {}),
-        "training_data": {"manifest": str(coco), "images": len(manifest.records),
+        "training_data": {"manifest": display_path(coco), "images": len(manifest.records),
                           "train": len(train_recs), "val": len(loaders.val_items),
                           "seed": seed,
                           "stage_histogram": stage_histogram(train_recs, recipe.standard)},

@@ -8,6 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ..evaluation import pyplot
 from ..imaging import save_png
 from ..rois import ROI_BY_KEY, ROI_KEYS
 from ..schemas import Assessment
@@ -62,20 +63,11 @@ def overlay(pixels: np.ndarray, a: Assessment, max_side: int = 1024) -> np.ndarr
     return img
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def curve_plot(path: Path, a: Assessment) -> None:
     """The sex's P50 curve (age -> maturity score) with this patient's score and ages on it."""
     from ..score import load_tables
 
-    plt = _pyplot()
+    plt = pyplot()
     std = a.standard if a.standard in ("rus-chn", "tw3") else "rus-chn"
     ages, scores = load_tables(std).curve[a.sex]
     fig, ax = plt.subplots(figsize=(4.2, 3.0), dpi=110)
@@ -100,7 +92,7 @@ def curve_plot(path: Path, a: Assessment) -> None:
 
 
 def attention_plot(path: Path, attention: list[list[float]]) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     att = np.asarray(attention, dtype=float)
     fig, ax = plt.subplots(figsize=(3.8, 3.4), dpi=110)
     im = ax.imshow(att, cmap="magma", vmin=0, vmax=max(1e-6, float(att.max())))
