@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -52,38 +51,7 @@ def chromium() -> str:
     return exe
 
 
-# The test-size detector is derived from the lite config (one source of truth): its sizes, and
-# the settings that let an untrained toy model still return boxes, are substituted here.
-_TINY_DETECT = [
-    (r"^image_scale = .*$", "image_scale = (160, 160)"),
-    (r"^base_channels = .*$", "base_channels = 8"),
-    (r"^fpn_channels = .*$", "fpn_channels = 32"),
-    (r"^fc_channels = .*$", "fc_channels = 64"),
-    (r"^anchor_scale = .*$", "anchor_scale = 2"),
-    (r"^rpn_proposals = .*$", "rpn_proposals = (200, 100)"),
-    (r"^rcnn_samples = .*$", "rcnn_samples = 64"),
-    (r"^batch_size = .*$", "batch_size = 2"),
-    (r"^sac_deform = .*$", "sac_deform = True"),  # exercise mmcv's deformable SAC too
-    (r"^max_epochs = .*$", "max_epochs = 2"),
-    (r"score_thr=0\.05", "score_thr=0.0"),  # every class keeps boxes
-    (r"max_per_img=100\)", "max_per_img=100 * num_classes)"),
-    (r"num_workers=2", "num_workers=0"),
-    (r"persistent_workers=True", "persistent_workers=False"),
-    (r"end=200\)", "end=10)"),
-    (r"interval=50\)", "interval=1)"),
-]
-
-
-def tiny_detect_config(out: Path) -> Path:
-    """Write the test-size DetectoRS config (derived from the lite one) to ``out``."""
-    text = (ROOT / "stages/detect/detectors-cascade-rcnn-lite.py").read_text()
-    for pattern, repl in _TINY_DETECT:
-        text, n = re.subn(pattern, repl, text, flags=re.M)
-        assert n >= 1, f"lite detect config changed: {pattern!r} no longer matches"
-    out.write_text("# Test-only: derived from stages/detect/detectors-cascade-rcnn-lite.py\n" + text)
-    return out
-
-
 @pytest.fixture(scope="session")
-def detect_tiny(tmp_path_factory) -> Path:
-    return tiny_detect_config(tmp_path_factory.mktemp("recipes") / "detect-tiny.py")
+def detect_tiny() -> Path:
+    """The test-size DetectoRS recipe (inherits the project's base detector config)."""
+    return RECIPES / "detect-tiny.py"

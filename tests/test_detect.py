@@ -155,8 +155,11 @@ def test_configs_are_offline_unless_pretrained_and_survive_json():
 
 def test_config_with_other_classes_is_refused(tmp_path, detect_tiny):
     pytest.importorskip("mmdet")
+    from precise_baa.rois import ROI_KEYS
+
     bad = tmp_path / "coco80.py"
-    bad.write_text(detect_tiny.read_text().replace("'dp5')", "'dp5', 'dp2')", 1))
+    bad.write_text(f"metainfo = dict(classes={ROI_KEYS + ('dp2',)!r})\n"
+                   "model = dict(type='CascadeRCNN')\n")
     with pytest.raises(RecipeError, match="differ from the 13 ROI keys"):
         load_stage("detect", recipe=bad)
     with pytest.raises(RecipeError, match="mmdet config file not found"):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import types
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -81,9 +82,11 @@ def _read_file(recipe: DetectRecipe) -> dict[str, Any]:
     if path.suffix != ".py":
         raise RecipeError(f"{path}: an mmdet config is a .py file")
     try:
-        return Config.fromfile(str(path)).to_dict()
+        data = Config.fromfile(str(path)).to_dict()
     except Exception as e:  # syntax errors, bad _base_ paths, ...
         raise RecipeError(f"{path}: cannot read the mmdet config ({type(e).__name__}: {e})") from None
+    # pure-Python configs keep the builder functions they inherit (read_base): not config data
+    return {k: v for k, v in data.items() if not isinstance(v, (types.FunctionType, types.ModuleType))}
 
 
 def load_config(recipe: DetectRecipe) -> Config:
@@ -94,7 +97,28 @@ def load_config(recipe: DetectRecipe) -> Config:
         data = decode_config(recipe.mmdet_config)
     else:
         data = _read_file(recipe)
-    return Config(prepare_config(data, pretrained=recipe.pretrained))
+    data = prepare_config(data, pretrained=recipe.pretrained)
+    if recipe.input_size is not None:
+        data = with_input_size(data, recipe.input_size)
+    return Config(data)
+
+
+def with_input_size(cfg: Mapping[str, Any], size: int) -> dict[str, Any]:
+    """``cfg`` with the hand crop resized into ``size`` x ``size``: every ``Resize`` scale and
+    fixed ``Pad`` size of its pipelines (and ``image_scale``) replaced."""
+    cfg = _plain(cfg)
+    scale = (int(size), int(size))
+
+    def resize(d: dict, path: str) -> None:
+        if d.get("type") in ("Resize", "mmdet.Resize") and "scale" in d:
+            d["scale"] = scale
+        if d.get("type") in ("Pad", "mmdet.Pad") and d.get("size") is not None:
+            d["size"] = scale
+
+    _walk(cfg, resize)
+    if "image_scale" in cfg:
+        cfg["image_scale"] = scale
+    return cfg
 
 
 def prepare_config(cfg: Mapping[str, Any], *, pretrained: bool = False) -> dict[str, Any]:

@@ -7,6 +7,7 @@ A recipe is usually just the config file (``stages/detect/detectors-cascade-rcnn
     implementation: mmdet
     config: stages/detect/detectors-cascade-rcnn-r50.py
     pretrained: true          # ImageNet backbone weights (downloads once; off by default)
+    input_size: 640           # hand crop resized into 640 x 640 (default: the config's)
     score_threshold: 0.3
     anatomy: {size_factor: 3.5}
 
@@ -36,6 +37,9 @@ class DetectRecipe(Recipe):
     mmdet_config: dict[str, Any] | None = None
     #: initialise the backbone from ImageNet weights as the config names them (a download)
     pretrained: bool = False
+    #: the longer side (px) the hand crop is resized to, replacing the config's ``image_scale``
+    #: in every Resize/Pad step of its pipelines (None: as the config says)
+    input_size: int | None = Field(None, ge=64, le=4096)
     #: a box counts only with at least this score
     score_threshold: float = Field(0.05, ge=0.0, le=1.0)
     #: images per forward pass at inference
