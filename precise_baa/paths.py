@@ -42,3 +42,13 @@ def resolve(path: str | os.PathLike, base: Path | None = None) -> Path:
         if root is not None and (root / p).exists():
             return root / p
     return p
+
+
+def display_path(path: str | os.PathLike) -> str:
+    """``path`` as reports print it: relative to the repository (``runs/eval/annotations.json``,
+    ``../data/x.json``), so a committed report never names the machine it ran on."""
+    p = Path(path).expanduser().resolve()
+    try:
+        return p.relative_to(REPO_ROOT).as_posix()
+    except ValueError:
+        return Path(os.path.relpath(p, REPO_ROOT)).as_posix()

@@ -1,6 +1,6 @@
 """The four stages as one object: radiograph in, :class:`~precise_baa.schemas.Assessment` out.
 
->>> pipe = Pipeline.from_recipe("stages/pipelines/demo.yaml")             # doctest: +SKIP
+>>> pipe = Pipeline.from_recipe("stages/pipelines/default.yaml")             # doctest: +SKIP
 >>> a = pipe.assess("examples/phantom_000.png", sex="F", chronological_age=9)  # doctest: +SKIP
 >>> a.bone_age_years, a.roi("radius").stage                              # doctest: +SKIP
 

@@ -19,6 +19,7 @@ from typing import Any
 from ..data import load_coco
 from ..errors import InputError
 from ..evaluation import detection_ap
+from ..paths import display_path
 from ..rois import ROI_BY_KEY, ROI_KEYS
 
 
@@ -55,7 +56,7 @@ def evaluate_detector(
     ap = detection_ap(gt, dets)
     info = detector.info
     res = {
-        "weights": info.weights or info.name, "dataset": str(coco), "n_images": len(records),
+        "weights": info.weights or info.name, "dataset": display_path(coco), "n_images": len(records),
         "phantom_trained": info.phantom_trained, "model": info.model_dump(),
         "map50": ap["map50"], "map": ap["map"], "all_13_found": ap["all_13_found"],
         "per_roi": {k: {**ap["per_roi"][k],

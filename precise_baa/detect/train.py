@@ -28,6 +28,7 @@ import numpy as np
 
 from ..data import ImageRecord, load_coco, split_records
 from ..errors import InputError
+from ..paths import display_path
 from ..rois import ROI_KEYS
 from ..training import FitResult
 from ..weights import PHANTOM_NOTICE, save_weights
@@ -253,7 +254,7 @@ def train_detector(
         "intended_use": INTENDED_USE,
         "phantom_trained": bool(phantom),
         **({"notice": PHANTOM_NOTICE} if phantom else {}),
-        "training_data": {"manifest": str(coco), "images": len(manifest.records),
+        "training_data": {"manifest": display_path(coco), "images": len(manifest.records),
                           "train": len(train_recs), "val": len(val_recs), "seed": seed},
         "training": {"epochs": epochs, "batch_size": batch_size or cfg.train_dataloader.get("batch_size"),
                      "pretrained": recipe.pretrained, "device": device or "auto"},
