@@ -10,7 +10,15 @@ import numpy as np
 import pytest
 import torch
 
-from precise_baa.detect.anatomy import AnatomyParams, check_anatomy, hand_frame, select_best
+from precise_baa.detect.anatomy import (
+    AnatomyParams,
+    check_anatomy,
+    choose_boxes,
+    detections_from_raw,
+    hand_frame,
+    rank_candidates,
+    select_best,
+)
 from precise_baa.errors import RecipeError
 from precise_baa.interfaces import Detector
 from precise_baa.registry import load_stage, read_recipe
@@ -115,6 +123,72 @@ def test_anatomy_flags_missing_misplaced_and_oversized_rois(hands):
     assert "box size" in by_roi["dp5"] and "Radius" in by_roi["radius"]
     assert checked["mc3"] == boxes["mc3"]  # the real metacarpal III stays
     assert check_anatomy(boxes, params=AnatomyParams(enabled=False))[0]["radius"] is not None
+
+
+# --------------------------------------------------------------------------------------------
+# Lower-ranked candidates when the top box is implausible
+def test_rank_candidates_orders_by_score_and_drops_the_same_bone_twice():
+    bboxes = np.array([[0, 0, 10, 10], [0.5, 0.5, 10.5, 10.5], [40, 40, 50, 50], [80, 80, 90, 90],
+                       [5, 5, 9, 9]], float)
+    scores = np.array([0.9, 0.8, 0.5, 0.04, 0.7])
+    labels = np.array([3, 3, 3, 3, 4])
+    c = rank_candidates(bboxes, scores, labels, score_threshold=0.05, max_per_class=5)
+    assert [s for _, s in c["mc3"]] == pytest.approx([0.9, 0.5])  # IoU 0.82 twin and 0.04 gone
+    assert c["mc3"][1][0] == Box(x0=40, y0=40, x1=50, y1=50)
+    assert len(c["mc5"]) == 1 and c["radius"] == []
+    assert len(rank_candidates(bboxes, scores, labels, max_per_class=1)["mc3"]) == 1
+
+
+def _candidates(boxes: dict[str, Box], score: float = 0.9) -> dict[str, list[tuple[Box, float]]]:
+    return {k: [(b, score)] for k, b in boxes.items()}
+
+
+@pytest.mark.parametrize("pair", [("mc3", "mc5"), ("pp3", "mp3"), ("dp3", "dp5")])
+def test_a_swapped_pair_is_repaired_from_second_candidates(hands, pair):
+    a, b = pair
+    for degrees in (-20.0, 0.0, 20.0):
+        truth = _rotate(hands[3], degrees)
+        cands = _candidates(truth)
+        # the detector's top box of each class sits on the other bone; the right boxes rank second
+        cands[a] = [(truth[b], 0.8), (truth[a], 0.45)]
+        cands[b] = [(truth[a], 0.7), (truth[b], 0.40)]
+        boxes, scores, notes = choose_boxes(cands)
+        assert boxes == truth, [n.message for n in notes]
+        assert scores[a] == pytest.approx(0.45) and scores[b] == pytest.approx(0.40)
+        assert {n.roi for n in notes} == {a, b} and {n.code for n in notes} == {"roi_alternative"}
+        assert "score 0.80" in next(n.message for n in notes if n.roi == a)
+        checked, flags = check_anatomy(boxes, scores)
+        assert flags == []
+
+
+def test_a_misplaced_box_takes_the_next_plausible_candidate_not_an_implausible_one(hands):
+    truth = hands[4]
+    cands = _candidates(truth)
+    wrong = truth["mc1"].shift(0.0, -3 * truth["mc1"].height)  # up near the fingertips
+    far = truth["radius"].shift(3.0, 0.0)  # also in the wrong place
+    cands["mp5"] = [(wrong, 0.9), (far, 0.6), (truth["mp5"], 0.3)]
+    det = detections_from_raw(*_raw(cands), score_threshold=0.05)
+    assert det.boxes["mp5"] == truth["mp5"] and det.scores["mp5"] == pytest.approx(0.3)
+    assert [f.code for f in det.flags] == ["roi_alternative"]
+
+
+def test_still_rejected_when_no_candidate_is_plausible(hands):
+    truth = hands[5]
+    cands = _candidates(truth)
+    cands["pp5"] = [(truth["dp1"].shift(1.0, 1.0), 0.9), (truth["radius"].shift(2.0, 0.0), 0.5)]
+    det = detections_from_raw(*_raw(cands), score_threshold=0.05)
+    assert det.boxes["pp5"] is None and det.missing == ["pp5"]
+    assert [(f.code, f.roi) for f in det.flags] == [("roi_implausible", "pp5")]
+    # one candidate per class: the old behaviour, the top box only
+    one = detections_from_raw(*_raw(cands), score_threshold=0.05, max_candidates=1)
+    assert one.missing == ["pp5"]
+
+
+def _raw(cands: dict[str, list[tuple[Box, float]]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Candidates as a detector's raw output (boxes, scores, labels)."""
+    rows = [(b.as_list(), s, ROI_KEYS.index(k)) for k, c in cands.items() for b, s in c]
+    return (np.array([r[0] for r in rows], float), np.array([r[1] for r in rows]),
+            np.array([r[2] for r in rows]))
 
 
 # --------------------------------------------------------------------------------------------

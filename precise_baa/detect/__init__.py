@@ -21,7 +21,16 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ..registry import register
-from .anatomy import AnatomyParams, check_anatomy, finalize, hand_frame, select_best
+from .anatomy import (
+    AnatomyParams,
+    check_anatomy,
+    choose_boxes,
+    detections_from_raw,
+    finalize,
+    hand_frame,
+    rank_candidates,
+    select_best,
+)
 from .recipe import DetectRecipe
 
 if TYPE_CHECKING:
@@ -50,6 +59,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
-    "AnatomyParams", "DetectRecipe", "check_anatomy", "finalize", "hand_frame", "select_best",
+    "AnatomyParams", "DetectRecipe", "check_anatomy", "choose_boxes", "detections_from_raw",
+    "finalize", "hand_frame", "rank_candidates", "select_best",
     *_LAZY,
 ]

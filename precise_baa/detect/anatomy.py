@@ -1,9 +1,15 @@
 """From raw detections to exactly one checked box per ROI.
 
-Two steps, both independent of the detector that produced the boxes:
+Three steps, all independent of the detector that produced the boxes:
 
-1. :func:`select_best` keeps the highest-scoring box of each ROI class (above a threshold).
-2. :func:`check_anatomy` drops boxes whose place in the hand is impossible and says why.
+1. :func:`rank_candidates` keeps, per ROI class, the best few distinct boxes above a threshold
+   (:func:`select_best`: only the top one).
+2. :func:`choose_boxes` starts from each class's top box; where the checks below find top boxes
+   implausible, it tries lower-ranked candidates of those classes (one ROI, or two at once for a
+   swapped pair) and keeps the repair that leaves the fewest implausible ROIs (anatomical order
+   along the rays and across them, relative size, no overlap), the best-scoring among equals.
+   Each replacement is reported with a ``roi_alternative`` flag.
+3. :func:`check_anatomy` drops boxes whose place in the hand is still impossible and says why.
 
 The checks work in hand coordinates, not image coordinates: the wrist -> fingertip axis is
 estimated from the boxes themselves (median direction of bone pairs known to lie along the
@@ -72,6 +78,36 @@ DEFAULT_PARAMS = AnatomyParams()
 
 
 # --------------------------------------------------------------------------------------------
+def rank_candidates(
+    bboxes: np.ndarray,
+    scores: np.ndarray,
+    labels: np.ndarray,
+    *,
+    score_threshold: float = 0.0,
+    max_per_class: int = 5,
+    same_box_iou: float = 0.7,
+) -> dict[str, list[tuple[Box, float]]]:
+    """Per ROI class (label ``i`` = ``ROI_KEYS[i]``), up to ``max_per_class`` boxes scoring at
+    least ``score_threshold``, best first; a box overlapping a better one of its class by IoU
+    above ``same_box_iou`` is the same bone and left out.
+
+    ``bboxes`` ``[N, 4]`` xyxy, ``scores`` ``[N]``, ``labels`` ``[N]``.
+    """
+    bboxes = np.asarray(bboxes, dtype=np.float64).reshape(-1, 4)
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    labels = np.asarray(labels).reshape(-1).astype(np.int64)
+    out: dict[str, list[tuple[Box, float]]] = {k: [] for k in ROI_KEYS}
+    for i, key in enumerate(ROI_KEYS):
+        idx = np.flatnonzero((labels == i) & (scores >= score_threshold))
+        for j in idx[np.argsort(-scores[idx], kind="stable")]:
+            box = Box.from_xyxy(bboxes[j])
+            if all(_iou(box, b) <= same_box_iou for b, _ in out[key]):
+                out[key].append((box, float(scores[j])))
+                if len(out[key]) >= max_per_class:
+                    break
+    return out
+
+
 def select_best(
     bboxes: np.ndarray,
     scores: np.ndarray,
@@ -84,16 +120,9 @@ def select_best(
     ``bboxes`` ``[N, 4]`` xyxy, ``scores`` ``[N]``, ``labels`` ``[N]``. A class without a box
     scoring at least ``score_threshold`` maps to ``None``.
     """
-    bboxes = np.asarray(bboxes, dtype=np.float64).reshape(-1, 4)
-    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
-    labels = np.asarray(labels).reshape(-1).astype(np.int64)
-    boxes: dict[str, Box | None] = dict.fromkeys(ROI_KEYS)
-    best: dict[str, float | None] = dict.fromkeys(ROI_KEYS)
-    for i, key in enumerate(ROI_KEYS):
-        idx = np.flatnonzero((labels == i) & (scores >= score_threshold))
-        if idx.size:
-            j = idx[np.argmax(scores[idx])]
-            boxes[key], best[key] = Box.from_xyxy(bboxes[j]), float(scores[j])
+    cands = rank_candidates(bboxes, scores, labels, score_threshold=score_threshold, max_per_class=1)
+    boxes: dict[str, Box | None] = {k: c[0][0] if c else None for k, c in cands.items()}
+    best: dict[str, float | None] = {k: c[0][1] if c else None for k, c in cands.items()}
     return boxes, best
 
 
@@ -196,6 +225,25 @@ def _minimum_covers(edges: Sequence[tuple[str, str]]) -> set[str]:
     return set(nodes)
 
 
+def _reasons(boxes: Mapping[str, Box | None], params: AnatomyParams) -> dict[str, list[str]]:
+    """Why each implausible box is implausible (boxes absent or None are not judged)."""
+    reasons: dict[str, list[str]] = {}
+    present = [k for k in ROI_KEYS if boxes.get(k) is not None]
+    if params.enabled and len(present) >= params.min_boxes:
+        median = float(np.median([_side(boxes[k]) for k in present]))  # type: ignore[arg-type]
+        for k in present:
+            ratio = _side(boxes[k]) / median if median > 0 else 1.0  # type: ignore[arg-type]
+            if not 1.0 / params.size_factor <= ratio <= params.size_factor:
+                reasons.setdefault(k, []).append(
+                    f"box size {ratio:.2g} x the median ROI size (allowed 1/{params.size_factor:g}"
+                    f" to {params.size_factor:g})")
+        kept = {k: boxes[k] for k in present if k not in reasons}
+        edges, why = _violations(kept, median * params.order_tolerance, params.max_overlap)
+        for k in _minimum_covers(edges) if edges else ():
+            reasons.setdefault(k, []).extend(w for (a, b), w in why if k in (a, b))
+    return reasons
+
+
 def check_anatomy(
     boxes: Mapping[str, Box | None],
     scores: Mapping[str, float | None] | None = None,
@@ -208,20 +256,7 @@ def check_anatomy(
     """
     out: dict[str, Box | None] = {k: boxes.get(k) for k in ROI_KEYS}
     scores = scores or {}
-    reasons: dict[str, list[str]] = {}
-    present = [k for k in ROI_KEYS if out[k] is not None]
-    if params.enabled and len(present) >= params.min_boxes:
-        median = float(np.median([_side(out[k]) for k in present]))  # type: ignore[arg-type]
-        for k in present:
-            ratio = _side(out[k]) / median if median > 0 else 1.0  # type: ignore[arg-type]
-            if not 1.0 / params.size_factor <= ratio <= params.size_factor:
-                reasons.setdefault(k, []).append(
-                    f"box size {ratio:.2g} x the median ROI size (allowed 1/{params.size_factor:g}"
-                    f" to {params.size_factor:g})")
-        kept = {k: out[k] for k in present if k not in reasons}
-        edges, why = _violations(kept, median * params.order_tolerance, params.max_overlap)
-        for k in _minimum_covers(edges) if edges else ():
-            reasons.setdefault(k, []).extend(w for (a, b), w in why if k in (a, b))
+    reasons = _reasons(out, params)
     flags: list[Flag] = []
     for k in ROI_KEYS:
         name = ROI_BY_KEY[k].name
@@ -237,6 +272,69 @@ def check_anatomy(
                                       + _summary(reasons[k])))
             out[k] = None
     return out, flags
+
+
+def _best_move(moves, boxes, scores, reasons, params):
+    """The move leaving the fewest implausible ROIs (fewer than ``reasons``), best-scoring
+    among equals: ``(key, move, new reasons)`` or None."""
+    best = None
+    for move in moves:
+        r = _reasons({**boxes, **{k: c[0] for k, c in move}}, params)
+        gain = sum(c[1] - (scores[k] or 0.0) for k, c in move)
+        key = (len(r), -gain)
+        if len(r) < len(reasons) and (best is None or key < best[0]):
+            best = (key, move, r)
+    return best
+
+
+def choose_boxes(
+    candidates: Mapping[str, Sequence[tuple[Box, float]]],
+    params: AnatomyParams = DEFAULT_PARAMS,
+    max_rounds: int = 6,
+) -> tuple[dict[str, Box | None], dict[str, float | None], list[Flag]]:
+    """One box per ROI from ranked candidates (:func:`rank_candidates`): the top boxes, repaired
+    where the anatomical checks find some implausible.
+
+    A repair replaces the box of one implausible ROI by a lower-ranked candidate of its class,
+    or, when no such single change helps, of two ROIs at once (an implausible ROI takes a box
+    another ROI holds, that one moves to its own next candidate: a swapped pair); among the
+    repairs that leave the fewest implausible ROIs (strictly fewer than before), the one with
+    the highest total score wins. Returns ``(boxes, scores, flags)``, a ``roi_alternative`` flag per
+    replaced top box; the result still goes through :func:`check_anatomy`.
+    """
+    cands = {k: list(candidates.get(k) or ()) for k in ROI_KEYS}
+    top = {k: (c[0] if c else (None, None)) for k, c in cands.items()}
+    boxes: dict[str, Box | None] = {k: top[k][0] for k in ROI_KEYS}
+    scores: dict[str, float | None] = {k: top[k][1] for k in ROI_KEYS}
+    why_top: dict[str, str] = {}  # why each replaced top box was implausible
+    reasons = _reasons(boxes, params)
+    for _ in range(max_rounds if params.enabled else 0):
+        if not reasons:
+            break
+        # one ROI at a time first; two at once (k takes a box that j holds, j moves on) only
+        # when no single replacement helps
+        singles = [((k, c),) for k in sorted(reasons) for c in cands[k] if c[0] != boxes[k]]
+        best = _best_move(singles, boxes, scores, reasons, params)
+        if best is None:
+            pairs = [((k, c), (j, cj)) for k in sorted(reasons) for c in cands[k] if c[0] != boxes[k]
+                     for j, b in boxes.items() if j != k and b is not None
+                     and _iou(c[0], b) > params.max_overlap
+                     for cj in cands[j] if cj[0] != b and _iou(cj[0], c[0]) <= params.max_overlap]
+            best = _best_move(pairs, boxes, scores, reasons, params)
+        if best is None:
+            break
+        _, move, new_reasons = best
+        for k, (box, score) in move:
+            why_top.setdefault(k, _summary(reasons[k], most=1) if k in reasons
+                               else "its box was needed by another ROI")
+            boxes[k], scores[k] = box, score
+        reasons = new_reasons
+    flags = [Flag(code="roi_alternative", stage="detect", roi=k,
+                  message=f"{ROI_BY_KEY[k].name}: the top box (score {top[k][1]:.2f}) was "
+                          f"implausible ({why_top[k]}); a lower-ranked box that fits the hand "
+                          f"(score {scores[k]:.2f}) is used")
+             for k in ROI_KEYS if k in why_top and boxes[k] != top[k][0]]
+    return boxes, scores, flags
 
 
 def _summary(reasons: Sequence[str], most: int = 3) -> str:
@@ -282,11 +380,24 @@ def finalize(
     boxes: Mapping[str, Box | None],
     scores: Mapping[str, float | None],
     params: AnatomyParams = DEFAULT_PARAMS,
+    notes: Sequence[Flag] = (),
 ) -> Detections:
-    """:func:`check_anatomy` wrapped into the stage result (scores of dropped ROIs cleared)."""
+    """:func:`check_anatomy` wrapped into the stage result (scores of dropped ROIs cleared);
+    ``notes`` (e.g. :func:`choose_boxes`' flags) are kept for the ROIs whose box survives."""
     checked, flags = check_anatomy(boxes, scores, params)
+    kept = [f for f in notes if f.roi is None or checked.get(f.roi) is not None]
     return Detections(
         boxes=checked,
         scores={k: (scores.get(k) if checked[k] is not None else None) for k in ROI_KEYS},
-        flags=flags,
+        flags=kept + flags,
     )
+
+
+def detections_from_raw(bboxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, *,
+                        score_threshold: float, params: AnatomyParams = DEFAULT_PARAMS,
+                        max_candidates: int = 5) -> Detections:
+    """All of the above for one image's raw detector output: candidates, choice, checks."""
+    cands = rank_candidates(bboxes, scores, labels, score_threshold=score_threshold,
+                            max_per_class=max_candidates)
+    boxes, best, notes = choose_boxes(cands, params)
+    return finalize(boxes, best, params, notes)

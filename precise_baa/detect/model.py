@@ -10,8 +10,9 @@ Input: float32 ``[H, W]`` grayscale in ``[0, 1]`` (bright = bone), as
 PNGs, so the predictor scales by 255 and repeats the channel when the model expects 3; the
 config's test pipeline (resize) and data preprocessor (mean/std, padding) do the rest, in
 memory. Boxes come back in the input image's pixel coordinates. After the detector,
-:func:`precise_baa.detect.anatomy.select_best` keeps one box per ROI and
-:func:`~precise_baa.detect.anatomy.check_anatomy` drops implausible ones with a flag.
+:func:`precise_baa.detect.anatomy.detections_from_raw` keeps one box per ROI: the top one, or
+a lower-ranked candidate where the top one is anatomically implausible, and drops what is still
+implausible with a flag.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from ..interfaces import Detections
 from ..schemas import ModelInfo
 from ..training import pick_device
 from ..weights import restore, save_weights
-from .anatomy import finalize, select_best
+from .anatomy import detections_from_raw
 from .config import (
     build_model,
     count_parameters,
@@ -128,12 +129,11 @@ class MmdetDetector:
 
     def detect(self, images: Sequence[np.ndarray]) -> list[Detections]:
         """One :class:`Detections` per image: 13 boxes or ``None`` with a flag saying why."""
-        results = []
-        for raw in self.predict_raw(images):
-            boxes, scores = select_best(raw.bboxes, raw.scores, raw.labels,
-                                        score_threshold=self.recipe.score_threshold)
-            results.append(finalize(boxes, scores, self.recipe.anatomy))
-        return results
+        r = self.recipe
+        return [detections_from_raw(raw.bboxes, raw.scores, raw.labels,
+                                    score_threshold=r.score_threshold, params=r.anatomy,
+                                    max_candidates=r.candidates)
+                for raw in self.predict_raw(images)]
 
 
 def input_card(cfg: Any) -> dict[str, Any]:

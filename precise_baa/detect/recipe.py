@@ -42,6 +42,9 @@ class DetectRecipe(Recipe):
     input_size: int | None = Field(None, ge=64, le=4096)
     #: a box counts only with at least this score
     score_threshold: float = Field(0.05, ge=0.0, le=1.0)
+    #: boxes per ROI class tried, best first, when the top one is anatomically implausible
+    #: (1: the top box only)
+    candidates: int = Field(5, ge=1, le=50)
     #: images per forward pass at inference
     max_batch: int = Field(4, ge=1)
     anatomy: AnatomyParams = AnatomyParams()
