@@ -35,19 +35,41 @@ PUBLISHED = {
 }
 
 
+def _correlation(x: np.ndarray, y: np.ndarray, kind: str) -> float | None:
+    """Pearson or Spearman r (scipy.stats); None below 3 pairs or when either side is constant."""
+    if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return None
+    from scipy import stats
+
+    fn = stats.pearsonr if kind == "pearson" else stats.spearmanr
+    return float(fn(x, y).statistic)
+
+
 def age_metrics(pred: Sequence[float], ref: Sequence[float], sexes: Sequence[str]) -> dict[str, Any]:
-    """MAE / RMSE / within-1-year accuracy overall, by age group (reference age) and by sex."""
+    """Agreement of predicted with reference bone ages (years), overall, by age group and by sex.
+
+    Each block holds ``n``, ``mae``, ``rmse``, ``within_1y``, ``bias`` (mean of predicted minus
+    reference), ``bias_removed_mae`` (MAE after subtracting the *overall* mean bias, the same
+    constant for every block: what is left once a constant offset between standards, e.g. a
+    Greulich-Pyle reference against RUS-CHN scoring, is calibrated away), ``pearson_r`` and
+    ``spearman_r`` (None below 3 images). Age groups go by the reference age.
+    """
     p, r = np.asarray(pred, float), np.asarray(ref, float)
     s = np.asarray(sexes)
     err = p - r
+    offset = float(err.mean()) if len(err) else 0.0
 
     def block(mask) -> dict[str, Any]:
         n = int(mask.sum())
         if n == 0:
-            return {"n": 0, "mae": None, "rmse": None, "within_1y": None, "bias": None}
+            return {"n": 0, "mae": None, "rmse": None, "within_1y": None, "bias": None,
+                    "bias_removed_mae": None, "pearson_r": None, "spearman_r": None}
         e = err[mask]
         return {"n": n, "mae": float(np.abs(e).mean()), "rmse": float(math.sqrt((e**2).mean())),
-                "within_1y": float((np.abs(e) <= 1.0).mean()), "bias": float(e.mean())}
+                "within_1y": float((np.abs(e) <= 1.0).mean()), "bias": float(e.mean()),
+                "bias_removed_mae": float(np.abs(e - offset).mean()),
+                "pearson_r": _correlation(p[mask], r[mask], "pearson"),
+                "spearman_r": _correlation(p[mask], r[mask], "spearman")}
 
     out = {"all": block(np.ones(len(p), bool))}
     out["by_age_group"] = {name: block((r >= lo) & (r < hi)) for name, lo, hi in AGE_GROUPS}
@@ -191,33 +213,58 @@ def pyplot():
     return plt
 
 
-def write_plots(out_dir: Path, pred: list[float], ref: list[float], grading: dict[str, Any]) -> None:
+def age_plots(out_dir: Path, pred: Sequence[float], ref: Sequence[float], *,
+              sexes: Sequence[str] | None = None, offset_line: bool = False) -> list[Path]:
+    """``bone_age_scatter.png`` (predicted against reference, ±1 y band) and ``bland_altman.png``
+    (difference against mean, bias and 95 % limits of agreement) in ``out_dir``; nothing when
+    there are no pairs. ``sexes`` colours boys and girls; ``offset_line`` adds the line
+    reference + mean bias to the scatter (a constant offset between standards)."""
     plt = pyplot()
-    p, r = np.asarray(pred), np.asarray(ref)
-    if len(p):
-        fig, ax = plt.subplots(figsize=(4, 4), dpi=110)
+    p, r = np.asarray(pred, float), np.asarray(ref, float)
+    if not len(p):
+        return []
+    fig, ax = plt.subplots(figsize=(4, 4), dpi=110)
+    if sexes is not None:
+        s = np.asarray(sexes)
+        for sx, label in (("M", "boys"), ("F", "girls")):
+            if (s == sx).any():
+                ax.scatter(r[s == sx], p[s == sx], s=12, alpha=0.75, label=label)
+    else:
         ax.scatter(r, p, s=10, alpha=0.7)
-        hi = max(18.0, float(max(p.max(), r.max())))
-        ax.plot([0, hi], [0, hi], "k--", lw=1)
-        ax.fill_between([0, hi], [-1, hi - 1], [1, hi + 1], color="gray", alpha=0.15, label="±1 y")
-        ax.set_xlabel("reference bone age (y)")
-        ax.set_ylabel("predicted bone age (y)")
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(out_dir / "bone_age_scatter.png")
-        plt.close(fig)
-        fig, ax = plt.subplots(figsize=(4.5, 3.2), dpi=110)
-        mean, diff = (p + r) / 2, p - r
-        ax.scatter(mean, diff, s=10, alpha=0.7)
-        m, sd = float(diff.mean()), float(diff.std())
-        for y, style in ((m, "-"), (m + 1.96 * sd, "--"), (m - 1.96 * sd, "--")):
-            ax.axhline(y, color="k", ls=style, lw=1)
-        ax.set_xlabel("mean of predicted and reference (y)")
-        ax.set_ylabel("predicted - reference (y)")
-        ax.set_title(f"bias {m:+.2f} y, limits ±{1.96 * sd:.2f} y", fontsize=8)
-        fig.tight_layout()
-        fig.savefig(out_dir / "bland_altman.png")
-        plt.close(fig)
+    hi = max(18.0, float(max(p.max(), r.max())))
+    ax.plot([0, hi], [0, hi], "k--", lw=1)
+    ax.fill_between([0, hi], [-1, hi - 1], [1, hi + 1], color="gray", alpha=0.15, label="±1 y")
+    if offset_line:
+        m = float((p - r).mean())
+        ax.plot([0, hi], [m, hi + m], color="#c05621", lw=1, label=f"reference {m:+.2f} y (mean bias)")
+        rho = _correlation(p, r, "pearson")
+        if rho is not None:
+            ax.set_title(f"Pearson r {rho:.3f}, n {len(p)}", fontsize=8)
+    ax.set_xlabel("reference bone age (y)")
+    ax.set_ylabel("predicted bone age (y)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out_dir / "bone_age_scatter.png")
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(4.5, 3.2), dpi=110)
+    mean, diff = (p + r) / 2, p - r
+    ax.scatter(mean, diff, s=10, alpha=0.7)
+    m, sd = float(diff.mean()), float(diff.std())
+    for y, style in ((m, "-"), (m + 1.96 * sd, "--"), (m - 1.96 * sd, "--")):
+        ax.axhline(y, color="k", ls=style, lw=1)
+    ax.set_xlabel("mean of predicted and reference (y)")
+    ax.set_ylabel("predicted - reference (y)")
+    ax.set_title(f"bias {m:+.2f} y, limits ±{1.96 * sd:.2f} y", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out_dir / "bland_altman.png")
+    plt.close(fig)
+    return [out_dir / "bone_age_scatter.png", out_dir / "bland_altman.png"]
+
+
+def write_plots(out_dir: Path, pred: list[float], ref: list[float], grading: dict[str, Any]) -> None:
+    """The pipeline evaluation's plots: :func:`age_plots` and ``roi_accuracy.png``."""
+    plt = pyplot()
+    age_plots(out_dir, pred, ref)
     per = grading["per_roi"]
     if per:
         fig, ax = plt.subplots(figsize=(6, 3), dpi=110)

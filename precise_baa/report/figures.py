@@ -1,13 +1,15 @@
 """Pictures for people: the annotated radiograph, the P50 curve with the patient on it, the
-13x13 ROI attention map, and ROI thumbnails."""
+13x13 ROI attention map, ROI thumbnails, and contact sheets tiling many pictures into one."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from ..errors import InputError
 from ..evaluation import pyplot
 from ..imaging import save_png
 from ..rois import ROI_BY_KEY, ROI_KEYS
@@ -119,3 +121,62 @@ def roi_thumbnails(folder: Path, pixels: np.ndarray, a: Assessment, size: int = 
         save_png(folder / name, crop_roi(pixels, r.box, size))
         out[r.key] = name
     return out
+
+
+def contact_sheet(
+    images: Sequence[np.ndarray],
+    path: str | Path,
+    *,
+    cols: int = 4,
+    tile: int = 256,
+    captions: Sequence[str] | None = None,
+    caption_colours: Sequence[tuple[int, int, int]] | None = None,
+    boxes: Sequence[dict] | None = None,
+) -> Path:
+    """Tile images into one PNG, each scaled to fit a ``tile`` x ``tile`` square (aspect kept,
+    centred), with an optional caption band under each tile and optional ROI boxes.
+
+    ``images``: grey float [0, 1] or uint8/uint16, or BGR uint8 (e.g. :func:`overlay`).
+    ``captions``: one text per image, lines split on ``\\n`` (BGR ``caption_colours`` per image).
+    ``boxes``: per image ``{roi: Box}`` in that image's pixels, drawn on the tile.
+    """
+    if not len(images):
+        raise InputError("contact sheet: no images")
+    font, fs = cv2.FONT_HERSHEY_SIMPLEX, 0.45
+    (_, line_h), _ = cv2.getTextSize("Ag", font, fs, 1)
+    line_h += 6
+    n_lines = max((len(c.split("\n")) for c in captions), default=0) if captions else 0
+    band = n_lines * line_h + (4 if n_lines else 0)
+    tiles = []
+    for i, img in enumerate(images):
+        arr = np.asarray(img)
+        if arr.dtype.kind != "f":
+            arr = arr.astype(np.float32) / float(np.iinfo(arr.dtype).max)
+        h, w = arr.shape[:2]
+        k = tile / max(h, w)
+        th, tw = max(1, round(h * k)), max(1, round(w * k))
+        ox, oy = (tile - tw) // 2, (tile - th) // 2
+        small = cv2.resize((np.clip(arr, 0, 1) * 255).astype(np.uint8), (tw, th), interpolation=cv2.INTER_AREA)
+        if small.ndim == 2:
+            small = cv2.cvtColor(small, cv2.COLOR_GRAY2BGR)
+        t = np.zeros((tile + band, tile, 3), np.uint8)
+        t[oy:oy + th, ox:ox + tw] = small[:, :, :3]
+        if boxes is not None:
+            sx, sy = tw / w, th / h
+            for b in boxes[i].values():
+                cv2.rectangle(t, (ox + int(b.x0 * sx), oy + int(b.y0 * sy)),
+                              (ox + int(b.x1 * sx), oy + int(b.y1 * sy)), (0, 200, 255), 1)
+        if captions is not None:
+            colour = caption_colours[i] if caption_colours is not None else (0, 255, 255)
+            for j, text in enumerate(captions[i].split("\n")):
+                cv2.putText(t, text, (4, tile + (j + 1) * line_h - 3), font, fs, colour, 1, cv2.LINE_AA)
+        cv2.rectangle(t, (0, 0), (tile - 1, tile + band - 1), (70, 70, 70), 1)
+        tiles.append(t)
+    while len(tiles) % cols:
+        tiles.append(np.zeros_like(tiles[0]))
+    rows = [np.concatenate(tiles[i:i + cols], 1) for i in range(0, len(tiles), cols)]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(path), np.concatenate(rows, 0)):
+        raise OSError(f"{path}: could not write PNG")
+    return path

@@ -27,6 +27,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..imaging import save_png
+from ..report.figures import contact_sheet
 from ..rois import ROI_KEYS
 from .render import GENERATOR_VERSION, Phantom, check_style, render_phantom
 
@@ -172,53 +173,6 @@ def ensure_dataset(out_dir: str | Path, n: int, seed: int, size: int = 512, **kw
         if have == (n, seed, size, style, GENERATOR_VERSION):
             return manifest
     return generate_dataset(out_dir, n, seed, size=size, **kwargs)
-
-
-def contact_sheet(
-    images: Sequence[np.ndarray],
-    path: str | Path,
-    *,
-    cols: int = 4,
-    tile: int = 256,
-    captions: Sequence[str] | None = None,
-    boxes: Sequence[dict] | None = None,
-) -> Path:
-    """Tile images (float [0, 1] or uint8/uint16) into one PNG, optionally with ROI boxes.
-
-    Each image is scaled to fit a ``tile`` x ``tile`` square (aspect kept, centred)."""
-    import cv2
-
-    if not images:
-        raise InputError("contact sheet: no images")
-    tiles = []
-    for i, img in enumerate(images):
-        arr = np.asarray(img)
-        if arr.dtype.kind != "f":
-            arr = arr.astype(np.float32) / float(np.iinfo(arr.dtype).max)
-        h, w = arr.shape[:2]
-        k = tile / max(h, w)
-        th, tw = max(1, round(h * k)), max(1, round(w * k))
-        ox, oy = (tile - tw) // 2, (tile - th) // 2
-        small = cv2.resize((np.clip(arr, 0, 1) * 255).astype(np.uint8), (tw, th), interpolation=cv2.INTER_AREA)
-        t = np.zeros((tile, tile), np.uint8)
-        t[oy:oy + th, ox:ox + tw] = small
-        t = cv2.cvtColor(t, cv2.COLOR_GRAY2BGR)
-        if boxes is not None:
-            sx, sy = tw / w, th / h
-            for b in boxes[i].values():
-                cv2.rectangle(t, (ox + int(b.x0 * sx), oy + int(b.y0 * sy)),
-                              (ox + int(b.x1 * sx), oy + int(b.y1 * sy)), (0, 200, 255), 1)
-        if captions is not None:
-            cv2.putText(t, captions[i], (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 255, 255), 1, cv2.LINE_AA)
-        tiles.append(t)
-    while len(tiles) % cols:
-        tiles.append(np.zeros_like(tiles[0]))
-    rows = [np.concatenate(tiles[i:i + cols], 1) for i in range(0, len(tiles), cols)]
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(path), np.concatenate(rows, 0)):
-        raise OSError(f"{path}: could not write PNG")
-    return path
 
 
 def sheet_from_manifest(manifest: str | Path, path: str | Path, *, limit: int = 16,
