@@ -75,6 +75,27 @@ def add_evaluate(sub) -> None:
     _pipeline_args(e)
     e.set_defaults(func=handler("precise_baa.batch.cli:cmd_evaluate"))
 
+    a = sub.add_parser(
+        "ages", help="a pipeline's bone ages against reference readings (no ROI labels needed)",
+        description="Score a folder (results in OUT/scored/) and compare the bone ages with a labels "
+                    "CSV: counts with rejection reasons, MAE, RMSE, mean bias, bias-removed MAE, "
+                    "Pearson/Spearman r, by age group and sex; evaluation.md + evaluation.json, "
+                    "scatter, Bland-Altman and a contact sheet of every overlay. Exit code 1 when a "
+                    "label line was left out or an input errored.")
+    a.add_argument("--images", required=True, help="folder of radiographs (searched recursively)")
+    a.add_argument("--labels", required=True,
+                   help="CSV id,sex,bone_age[,chronological_age]; id = path relative to --images "
+                        "without suffix; columns may be named bone_age_months / bone_age_years")
+    a.add_argument("--out", required=True, help="output folder (outside --images)")
+    a.add_argument("--age-unit", choices=["months", "years"], default=None,
+                   help="unit of the CSV's ages (default: from a _months / _years column suffix)")
+    a.add_argument("--batch-size", type=int, default=4, help="radiographs per model batch (default 4)")
+    a.add_argument("--workers", type=int, default=0, help="decoding worker processes (default 0)")
+    a.add_argument("--resume", action="store_true", help="continue an interrupted scoring run in OUT")
+    a.add_argument("--quiet", action="store_true", help="no progress bar")
+    _pipeline_args(a)
+    a.set_defaults(func=handler("precise_baa.batch.ages:cmd_evaluate_ages"))
+
 
 def cmd_evaluate(args) -> int:
     from ..evaluation import evaluate_pipeline
