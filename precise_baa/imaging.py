@@ -41,6 +41,11 @@ class RadiographMeta:
     photometric: str | None = None
     pixel_spacing_mm: float | None = None
     extra: dict = field(default_factory=dict)
+    #: the hand the file states (DICOM ImageLaterality / Laterality): "L", "R" or None
+    laterality: str | None = None
+    #: True when the pixels were mirrored left-right on reading (a right hand, assessed as a
+    #: left one as the standards are defined); column x of ``pixels`` is column W-1-x of the file
+    mirrored: bool = False
 
 
 @dataclass(frozen=True)
@@ -180,6 +185,38 @@ def _age_from_dates(ds) -> float | None:
     return None
 
 
+CODECS_HINT = ("install the decoders: pip install 'precise-baa[dicom-codecs]' (pylibjpeg, "
+               "pylibjpeg-libjpeg, pylibjpeg-openjpeg), or have the sender use an uncompressed "
+               "transfer syntax (Explicit VR Little Endian)")
+
+
+def _decode_failure(ds, e: Exception) -> str:
+    """One line saying why the pixel data did not decode and, for compressed data, what to do."""
+    ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    if ts is None or not getattr(ts, "is_compressed", False):
+        return f"DICOM pixel data cannot be decoded ({type(e).__name__}: {first})"
+    from pydicom.pixels import get_decoder
+
+    try:
+        available = get_decoder(ts).is_available
+    except (NotImplementedError, ValueError):
+        available = False
+    name = f"{ts.name} ({ts})" if ts.name != str(ts) else str(ts)
+    if not available:
+        return f"no decoder here for the compressed transfer syntax {name}: {CODECS_HINT}"
+    return f"compressed pixel data ({name}) cannot be decoded, corrupt or unsupported: {first}"
+
+
+def _laterality(ds) -> str | None:
+    """"L" / "R" / "B" (both) from ImageLaterality, else the series' Laterality; None if unstated."""
+    for tag in ("ImageLaterality", "Laterality"):
+        value = str(ds.get(tag, "") or "").strip().upper()
+        if value in ("L", "R", "B"):
+            return value
+    return None
+
+
 def _read_dicom(path: Path, keep_patient_name: bool) -> Radiograph:
     import pydicom
     from pydicom.errors import InvalidDicomError
@@ -195,19 +232,20 @@ def _read_dicom(path: Path, keep_patient_name: bool) -> Radiograph:
         raise ImageReadError(path, f"unreadable DICOM ({type(e).__name__}: {e})") from None
     if "PixelData" not in ds:
         raise ImageReadError(path, "DICOM without pixel data (not an image object)")
+    if str(ds.get("Manufacturer", "") or "") == "precise-baa":
+        raise ImageReadError(path, "a precise-baa result (overlay image), not a radiograph")
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     if frames > 1:
         raise ImageReadError(path, f"3-D/multi-frame DICOM ({frames} frames); "
                                    "a single 2-D radiograph is needed")
+    laterality = _laterality(ds)
+    if laterality == "B":
+        raise ImageReadError(path, "both hands in one image (DICOM laterality B); one hand per "
+                                   "image is needed: send the left hand alone")
     try:
         arr = ds.pixel_array
     except Exception as e:
-        ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-        hint = ""
-        if ts is not None and getattr(ts, "is_compressed", False):
-            hint = (f"; compressed transfer syntax {ts.name}: install a decoder, e.g. "
-                    "`pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg`")
-        raise ImageReadError(path, f"DICOM pixel data cannot be decoded ({e}){hint}") from None
+        raise ImageReadError(path, _decode_failure(ds, e)) from None
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
     if arr.ndim == 3 and photometric.startswith("MONOCHROME"):
         raise ImageReadError(path, f"3-D DICOM volume {arr.shape}; a single 2-D radiograph is needed")
@@ -219,6 +257,8 @@ def _read_dicom(path: Path, keep_patient_name: bool) -> Radiograph:
             arr = arr.max() - arr
     elif arr.ndim == 3:
         arr = np.asarray(arr, dtype=np.float32).mean(axis=2)  # RGB / YBR stored greyscale
+    if laterality == "R" and arr.ndim == 2:  # a right hand: assessed as a mirrored left hand
+        arr = arr[:, ::-1]
     sex = str(ds.get("PatientSex", "") or "").strip().upper()
     age = parse_dicom_age(ds.get("PatientAge")) or _age_from_dates(ds)
     spacing = ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing")
@@ -232,6 +272,8 @@ def _read_dicom(path: Path, keep_patient_name: bool) -> Radiograph:
         patient_name=(str(ds.get("PatientName", "") or "") or None) if keep_patient_name else None,
         photometric=photometric,
         pixel_spacing_mm=float(spacing[0]) if spacing else None,
+        laterality=laterality,
+        mirrored=laterality == "R" and arr.ndim == 2,
     )
     return _finish(str(path), arr, meta)
 

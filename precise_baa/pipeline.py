@@ -31,6 +31,10 @@ from .schemas import Assessment, Flag, ModelInfo, RoiResult, parse_sex, read_yam
 from .weights import PHANTOM_NOTICE
 
 STAGE_ORDER = ("segment", "detect", "grade", "score")
+#: flag code of a right hand (DICOM laterality R) read mirrored and assessed as a left hand
+MIRRORED = "right_hand_mirrored"
+MIRRORED_NOTICE = ("right hand (DICOM laterality R): mirrored and assessed as a left hand, as the "
+                   "standards are defined; boxes are in the mirrored image")
 
 
 class StageRef(BaseModel):
@@ -290,6 +294,8 @@ class Pipeline:
         flags = []
         if self.phantom_trained:
             flags.append(Flag(code="phantom_weights", message=PHANTOM_NOTICE, stage="pipeline"))
+        if rad.meta.mirrored:
+            flags.append(Flag(code=MIRRORED, message=MIRRORED_NOTICE, stage="input"))
         return dict(
             id=id, source=rad.meta.source, image_size=tuple(rad.pixels.shape),
             models=self.models, package_version=__version__, flags=flags,
