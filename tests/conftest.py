@@ -13,6 +13,9 @@ RECIPES = Path(__file__).parent / "recipes"
 
 # Keep the suite polite on small machines; tests never download anything.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+# idle OpenMP threads sleep instead of spinning: several torch processes on few cores (tests
+# that start the command line, data workers) otherwise slow each other down many times over
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
