@@ -41,6 +41,9 @@ def add_commands(sub) -> None:
     s.add_argument("--meta", default=None, help="CSV with columns id,sex[,chronological_age]; "
                    "id = path relative to INPUT without suffix. DICOM tags fill what it lacks.")
     s.add_argument("--resume", action="store_true", help="continue a run: skip inputs already done")
+    s.add_argument("--dicom-out", action="store_true",
+                   help="also write DICOM results for DICOM inputs: OUT/dicom/ID_sr.dcm (Structured "
+                        "Report) and ID_sc.dcm (overlay Secondary Capture), in the source study")
     s.add_argument("--shard", default=None, metavar="K/N",
                    help="score only shard K of N (stable by id); output goes to OUT/shard-K-of-N; "
                         "combine with `precise-baa merge OUT`")
@@ -135,10 +138,18 @@ def cmd_score(args) -> int:
     if pipe.phantom_trained:
         print("note: these weights are phantom-trained (synthetic radiographs only): results are "
               "not clinical", file=sys.stderr)
+    dicom = None
+    if args.dicom_out:
+        from ..dicom.writer import DicomWriter
+
+        dicom = DicomWriter(out)
     summary = score_folder(
         pipe, args.input, out, meta=args.meta, batch_size=args.batch_size, workers=args.workers,
         resume=args.resume, shard=args.shard, pictures=not args.no_pictures, progress=not args.quiet,
+        on_result=dicom,
     )
+    if dicom is not None:
+        print(dicom.line(), file=sys.stderr)
     return _finish(summary)
 
 

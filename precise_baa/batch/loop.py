@@ -17,6 +17,7 @@ import os
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -106,8 +107,14 @@ def score_folder(
     pictures: bool = True,
     progress: bool = True,
     title: str = "",
+    on_result: Callable[[Assessment, object], object] | None = None,
 ) -> BatchSummary:
-    """Score every radiograph under ``input`` into ``out_dir`` (see the module docstring)."""
+    """Score every radiograph under ``input`` into ``out_dir`` (see the module docstring).
+
+    ``on_result(assessment, pixels)`` is called once per input as its result is written
+    (``pixels``: the radiograph as assessed, None for error rows), e.g. to write DICOM results;
+    a failing hook is reported and never costs a result.
+    """
     import torch
     from tqdm.auto import tqdm
 
@@ -164,6 +171,12 @@ def score_folder(
                         write_artifacts(out_dir, a, pixels)
                     except Exception as e:  # noqa: BLE001 - a picture never costs a result
                         print(f"warning: pictures for {a.id} failed: {e}", file=sys.stderr)
+                if on_result is not None:
+                    try:
+                        on_result(a, pixels)
+                    except Exception as e:  # noqa: BLE001 - neither does a result hook
+                        print(f"warning: {a.id}: result hook failed ({type(e).__name__}: {e})",
+                              file=sys.stderr)
             log.flush()
             os.fsync(log.fileno())
             bar.update(len(batch))
