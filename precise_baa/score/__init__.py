@@ -1,6 +1,12 @@
-"""Stage 4: maturity scoring by RUS-CHN (default), TW3, or the paper's stage-index "levels"."""
+"""Stage 4: maturity scoring by RUS-CHN (default), TW3, or the paper's stage-index "levels".
+
+``DifferentiableScorer`` (:mod:`precise_baa.score.torch`) is the table scorer in torch, for
+training a grader from bone ages; it loads torch when first used.
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 from .scorers import LevelsScorer, ScoreRecipe, TableScorer, parse_stage_value
 from .tables import StandardTables, load_tables
@@ -14,7 +20,15 @@ def create_scorer(standard: str = "rus-chn", implementation: str = "table", **kw
     return LevelsScorer(recipe) if implementation == "levels" else TableScorer(recipe)
 
 
+def __getattr__(name: str) -> Any:
+    if name == "DifferentiableScorer":
+        from .torch import DifferentiableScorer
+
+        return DifferentiableScorer
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
-    "RECIPE_MODEL", "LevelsScorer", "ScoreRecipe", "StandardTables", "TableScorer",
+    "DifferentiableScorer", "RECIPE_MODEL", "LevelsScorer", "ScoreRecipe", "StandardTables", "TableScorer",
     "create_scorer", "load_tables", "parse_stage_value",
 ]
