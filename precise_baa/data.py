@@ -9,7 +9,13 @@ COCO manifest (one per dataset)::
      "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [x, y, w, h],
                       "area": w*h, "iscrowd": 0, "stage": 7, "stage_tw3": 4 (optional)}, ...]}
 
-``file_name`` is relative to the images folder given alongside the manifest.
+``file_name`` is relative to the images folder given alongside the manifest (default: the
+manifest's ``info.images_dir``, relative to the manifest, else ``images/`` beside it). Every label is
+optional: an annotation without ``stage`` is a box only, an image without annotations carries
+only its ages (what bone-age-only data sets have). Ages are in years unless the manifest says
+otherwise: ``"info": {"bone_age_unit": "months"}`` for the whole file, or ``"bone_age_unit"`` on
+an image (``years`` or ``months``); a bone age above 30 with no unit is refused (months, or a
+mix of months and years, cannot be told apart from a typo).
 
 Segmentation pairs: ``DIR/images/NAME.png`` with ``DIR/masks/NAME.png`` (any non-zero pixel is
 hand), or a COCO manifest whose images carry ``mask_file`` (relative to the manifest's folder).
@@ -100,6 +106,9 @@ def load_coco(path: str | Path, images_dir: str | Path | None = None, require_st
     for key in ("images", "annotations", "categories"):
         if not isinstance(data.get(key), list):
             raise InputError(f"{path}: missing list {key!r} (a COCO manifest is expected)")
+    info = data.get("info") if isinstance(data.get("info"), dict) else {}
+    if images_dir is None and isinstance(info.get("images_dir"), str):
+        images_dir = path.parent / info["images_dir"]  # recorded by import-labels
     images_dir = Path(images_dir) if images_dir is not None else path.parent / "images"
     cats = {}
     for c in data["categories"]:
@@ -130,6 +139,7 @@ def load_coco(path: str | Path, images_dir: str | Path | None = None, require_st
             if not 0 <= s < num_stages(key, std):
                 raise InputError(f"{where}: {field_name} {s} out of range for {key} (0..{num_stages(key, std) - 1})")
             store.setdefault(a["image_id"], {})[key] = s
+    default_unit = _age_unit(info.get("bone_age_unit"), f"{path}: info.bone_age_unit")
     records = []
     for im in data["images"]:
         where = f"{path}: image {im.get('id')} ({im.get('file_name')})"
@@ -150,15 +160,48 @@ def load_coco(path: str | Path, images_dir: str | Path | None = None, require_st
             height=int(im.get("height", 0)),
             sex=sex,
             chronological_age=im.get("chronological_age"),
-            bone_age=im.get("bone_age"),
+            bone_age=_bone_age_years(im, default_unit, where),
             mask_path=(path.parent / mask) if mask else None,
             boxes=boxes.get(im["id"], {}),
             stages=st,
             stages_tw3=stages_tw3.get(im["id"], {}),
             extra={k: v for k, v in im.items() if k not in {
-                "id", "file_name", "width", "height", "sex", "chronological_age", "bone_age", "mask_file"}},
+                "id", "file_name", "width", "height", "sex", "chronological_age", "bone_age", "mask_file",
+                "bone_age_unit"}},
         ))
     return CocoManifest(path, images_dir, records)
+
+
+AGE_UNITS = ("years", "months")
+
+
+def _age_unit(value: object, where: str) -> str | None:
+    if value is None:
+        return None
+    if value not in AGE_UNITS:
+        raise InputError(f"{where}: unit {value!r} is not one of: {', '.join(AGE_UNITS)}")
+    return str(value)
+
+
+def _bone_age_years(im: dict, default_unit: str | None, where: str) -> float | None:
+    """An image's ``bone_age`` in years (converted from a declared unit); errors say what to do."""
+    value = im.get("bone_age")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InputError(f"{where}: bone_age {value!r} is not a number")
+    unit = _age_unit(im.get("bone_age_unit"), f"{where}: bone_age_unit") or default_unit
+    years = float(value) / 12.0 if unit == "months" else float(value)
+    if unit is None and years > 30:
+        raise InputError(
+            f"{where}: bone_age {value} has no unit and is above 30, so it looks like months "
+            "(or the manifest mixes months and years): declare the unit with \"info\": "
+            "{\"bone_age_unit\": \"months\"} in the manifest or \"bone_age_unit\" on each image, "
+            "or convert every bone_age to years")
+    if not 0 <= years <= 30:
+        raise InputError(f"{where}: bone_age {value} {unit or 'years'} is outside 0..30 years; "
+                         "check the value and its bone_age_unit (years or months)")
+    return years
 
 
 def segmentation_pairs(data: str | Path) -> list[tuple[Path, Path]]:
