@@ -240,6 +240,36 @@ def test_config_with_other_classes_is_refused(tmp_path, detect_tiny):
         load_stage("detect", recipe={"stage": "detect", "implementation": "mmdet", "config": "nope.py"})
 
 
+def test_radiograph_augment_builds_from_a_config_dict_and_runs():
+    pytest.importorskip("mmdet")
+    from mmdet.registry import TRANSFORMS
+
+    from precise_baa.detect.config import load_config, register_mmdet
+    from precise_baa.detect.recipe import DetectRecipe
+
+    register_mmdet()
+    t = TRANSFORMS.build(dict(type="RadiographAugment", noise=dict(p=1.0, range=(0.01, 0.02))))
+    assert t.settings.noise.p == 1.0 and t.settings.keep_background
+    img = np.zeros((120, 90, 3), np.uint8)
+    img[20:100, 15:75] = np.linspace(60, 200, 60, dtype=np.uint8)[None, :, None]
+    boxes = np.array([[20.0, 30.0, 60.0, 90.0]], np.float32)
+    np.random.seed(0)
+    out = t({"img": img.copy(), "gt_bboxes": boxes.copy()})
+    np.random.seed(0)
+    again = t({"img": img.copy()})["img"]
+    res = out["img"]
+    assert res.shape == img.shape and res.dtype == np.uint8 and np.array_equal(res, again)
+    assert np.array_equal(res[..., 0], res[..., 2])  # grey, repeated in the channels
+    assert not res[img[..., 0] == 0].any() and not np.array_equal(res, img)
+    assert np.array_equal(out["gt_bboxes"], boxes)
+    with pytest.raises(RecipeError, match="nosie: unknown field"):
+        TRANSFORMS.build(dict(type="RadiographAugment", nosie=dict(p=1.0)))
+    cfg = load_config(DetectRecipe(config="stages/detect/detectors-cascade-rcnn-lite.py"))
+    steps = [s["type"] for s in cfg.train_dataloader.dataset.pipeline]
+    assert "RadiographAugment" in steps and steps.index("RadiographAugment") > steps.index("Resize")
+    assert "RadiographAugment" not in [s["type"] for s in cfg.test_pipeline]
+
+
 # --------------------------------------------------------------------------------------------
 # Predictor
 @pytest.fixture(scope="module")
@@ -332,6 +362,7 @@ def test_training_exports_safetensors_with_config_and_history(trained):
     recipe = json.loads((out / "recipe.json").read_text())
     datasets = recipe["mmdet_config"]["train_dataloader"]["dataset"]
     assert datasets["data_root"] == ""  # the stored config names no temporary paths
+    assert "RadiographAugment" in [s["type"] for s in datasets["pipeline"]]  # trained with it
 
 
 def test_evaluate_detector_and_cli(trained, phantoms, tmp_path, cli):

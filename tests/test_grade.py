@@ -352,3 +352,60 @@ def test_train_rejects_a_manifest_without_stages(tmp_path, cli):
     r = cli("train", "grade", "--recipe", str(RECIPES / "grade-densenet-tiny.yaml"),
             "--coco", str(coco), "--out", str(tmp_path / "w"))
     assert r.returncode == 2 and "no image has an ROI with both a bbox and a 'stage'" in r.stderr
+
+
+# --------------------------------------------------------------------------------------------
+# Training data: resolution jitter and radiograph appearance (precise_baa.augment)
+def test_downscaled_hand_gives_the_same_crop_at_lower_resolution():
+    from precise_baa.grade.dataset import downscale_hand
+
+    image = np.zeros((200, 160), np.float32)
+    image[60:140, 50:110] = 0.8
+    box = Box(x0=40, y0=50, x1=120, y1=150)
+    small, moved = downscale_hand(image, {"radius": box, "ulna": None}, 0.5)
+    assert small.shape == (100, 80) and moved["ulna"] is None
+    assert moved["radius"].as_list() == pytest.approx([20, 25, 60, 75])
+    a, b = crop_roi(image, box, 32), crop_roi(small, moved["radius"], 32)
+    assert np.abs(a - b).mean() < 0.03  # the same view, softer
+
+
+def test_training_items_get_one_appearance_change_per_radiograph(phantom_set):
+    from precise_baa.data import load_coco
+    from precise_baa.grade.dataset import GradeDataset
+    from precise_baa.grade.recipes import GRADE_PHOTOMETRIC
+
+    recipe = read_recipe("grade", RECIPES / "grade-densenet-tiny.yaml")
+    t = recipe.training
+    assert t.photometric == GRADE_PHOTOMETRIC and t.hand_downscale.p > 0  # the defaults apply
+    records = load_coco(phantom_set / "annotations.json").records[:2]
+    ds = GradeDataset(records, recipe, train=True, seed=0)
+    crops, labels, sex, present = ds[0]
+    crops0, labels0, sex0, present0 = ds.as_eval()[0]
+    assert crops.shape == crops0.shape == (13, 32, 32) and crops.dtype == crops0.dtype == torch.float32
+    assert labels.dtype == labels0.dtype == torch.int64 and sex == sex0
+    assert 0 <= crops.min() and crops.max() <= 1 and not torch.allclose(crops, crops0, atol=1e-3)
+    assert torch.equal(crops, ds[0][0])  # seeded by (seed, epoch, index)
+    assert not crops[~present].any()  # hidden ROIs (and the black background) stay black
+
+    # appearance only (no jitter, dropout, downscale): ROIs differ from the plain crops, and the
+    # black outside the hand stays black
+    still = recipe.model_copy(update={"training": t.model_copy(update={
+        "roi_dropout": 0.0, "hand_downscale": t.hand_downscale.model_copy(update={"p": 0.0}),
+        "jitter": t.jitter.model_copy(update={"scale": 0.0, "shift": 0.0, "rotation": 0.0,
+                                              "aspect": 0.0})})})
+    plain = GradeDataset(records, still, train=False)[0][0]
+    changed = GradeDataset(records, still, train=True, seed=3)[0][0]
+    assert not changed[plain == 0].any()
+    assert (changed - plain).abs().mean() > 0.005
+
+
+def test_old_training_blocks_migrate():
+    from precise_baa.augment import Photometric
+    from precise_baa.grade.recipes import GradeTraining
+
+    old = GradeTraining(gamma=1.35, contrast=0.15, brightness=0.08, noise=0.01)
+    assert old.photometric == Photometric.from_legacy(gamma=1.35, contrast=0.15, brightness=0.08,
+                                                      noise=0.01)
+    assert old.hand_downscale.p == 0  # older recipes trained without resolution jitter
+    with pytest.raises(ValueError, match="hand_downscale.range"):
+        GradeTraining(hand_downscale={"p": 1, "range": (0.5, 1.5)})

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from precise_baa.augment import Photometric
 from precise_baa.data import load_coco, prepared_example, read_mask, read_pair
 from precise_baa.errors import InputError, RecipeError, WeightsError
 from precise_baa.evaluation import mask_metrics
@@ -229,18 +230,49 @@ def test_augment_moves_image_and_mask_together(phantom):
     from precise_baa.segment.train import augment
 
     mask, hw = letterbox(phantom.mask[:, :200].astype(np.float32), 128)
-    geometric = AugmentSettings(rotation=30, scale=0.2, shift=0.1, hflip=1.0, vflip=1.0,
-                                gamma=1.0, contrast=0.0, brightness=0.0, noise=0.0)
+    geometric = AugmentSettings(rotation=30, scale=(0.8, 1.2), shift=0.1, hflip=1.0, vflip=1.0,
+                                photometric=Photometric(p=0))
     image, target = augment(mask.copy(), mask.copy(), hw, np.random.default_rng(0), geometric)
     assert np.allclose(image, target, atol=1e-6)
     assert mask_metrics(target >= 0.5, mask >= 0.5)["dice"] < 0.9  # it did move
-    grey = AugmentSettings(rotation=0, scale=0, shift=0, hflip=0, gamma=2.0, contrast=0.2,
-                           brightness=0.1, noise=0.02)
+    grey = AugmentSettings(rotation=0, scale=(1, 1), shift=0, hflip=0)
     canvas, hw = letterbox(phantom.image[:, :200], 128)
     image, target = augment(canvas, mask, hw, np.random.default_rng(1), grey)
-    assert np.array_equal(target, mask)  # grey-level changes leave the mask alone
+    assert np.array_equal(target, mask)  # appearance changes leave the mask alone
     assert not np.allclose(image[: hw[0], : hw[1]], canvas[: hw[0], : hw[1]], atol=1e-3)
     assert not image[:, hw[1]:].any()  # and the padding stays zero
+
+
+def test_augment_zoom_varies_the_hand_size(phantom):
+    from precise_baa.segment.train import augment
+
+    mask, hw = letterbox(phantom.mask.astype(np.float32), 128)
+    for zoom in (0.6, 1.3):
+        a = AugmentSettings(rotation=0, scale=(zoom, zoom), shift=0, hflip=0,
+                            photometric=Photometric(p=0))
+        _, target = augment(mask, mask, hw, np.random.default_rng(0), a)
+        inside = (mask > 0.5).sum() * zoom**2  # area scales with zoom^2 (minus what leaves)
+        assert (target > 0.5).sum() == pytest.approx(inside, rel=0.1 if zoom < 1 else 0.3)
+    assert AugmentSettings().scale == (0.6, 1.3)
+    assert AugmentSettings(scale=0.15).scale == pytest.approx((0.85, 1.15))  # older recipes
+    with pytest.raises(ValueError, match="need 0 < low <= high <= 4"):
+        AugmentSettings(scale=(1.2, 0.8))
+
+
+def test_training_items_are_augmented(phantoms):
+    from precise_baa.data import segmentation_pairs
+    from precise_baa.segment.train import SegmentationDataset
+
+    recipe = read_recipe("segment", TINY)
+    assert recipe.training.augment.photometric == Photometric(keep_background=False)
+    ds = SegmentationDataset(segmentation_pairs(phantoms)[:2], recipe, train=True, seed=0)
+    x, y = ds[0]
+    x0, y0 = ds.as_eval()[0]
+    assert x.shape == x0.shape == (1, 64, 64) and y.shape == y0.shape and x.dtype == x0.dtype
+    assert not np.allclose(x.numpy(), x0.numpy(), atol=1e-3)
+    assert np.array_equal(x.numpy(), ds[0][0].numpy())  # same (seed, epoch, index), same item
+    ds.epoch = 1
+    assert not np.array_equal(x.numpy(), ds[0][0].numpy())
 
 
 # --------------------------------------------------------------------------------------------

@@ -196,10 +196,16 @@ def resolved_recipe(recipe: DetectRecipe, cfg: Config | Mapping[str, Any]) -> De
 
 # --------------------------------------------------------------------------------------------
 def register_mmdet() -> None:
-    """Register mmdet's modules and make ``mmdet`` the default scope (idempotent)."""
+    """Register mmdet's modules and precise-baa's transforms (``RadiographAugment``, in mmdet's
+    ``TRANSFORMS``) and make ``mmdet`` the default scope (idempotent). Called before any
+    detector config is built, trained or run, so stored configs naming them always resolve."""
+    from mmdet.registry import TRANSFORMS
     from mmdet.utils import register_all_modules
 
+    from .transforms import RadiographAugment
+
     register_all_modules(init_default_scope=True)
+    TRANSFORMS.register_module(name="RadiographAugment", module=RadiographAugment, force=True)
 
 
 @contextlib.contextmanager

@@ -3,23 +3,27 @@
 Each radiograph is first turned into what the grader sees at inference, the segmenter's hand
 crop (:func:`precise_baa.data.prepared_example`: ground-truth mask, boxes moved into the crop).
 Its 13 ROIs are cut with the inference crop function; for training with box jitter (shift,
-scale, aspect, rotation) so ground-truth crops look like detector crops, plus gray-level
-augmentation (gamma, contrast, brightness, noise).
+scale, aspect, rotation) so ground-truth crops look like detector crops, resolution jitter
+(sometimes from a downscaled hand) and one radiograph appearance change for all 13 crops
+(:mod:`precise_baa.augment`: exposure, display curve, blur / sharpening, noise per crop).
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
+import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..augment import photometric_augment
 from ..crops import Jitter, crop_rois, present_mask
 from ..data import ImageRecord, prepared_example
 from ..errors import InputError
 from ..rois import ROI_KEYS
+from ..schemas import Box
 from .predictor import sex_index
 from .recipes import GradeRecipe
 
@@ -92,27 +96,27 @@ class GradeDataset(Dataset):
             if (present & ~hide).any():
                 present = present & ~hide
             shown = {k: (boxes.get(k) if present[c] else None) for c, k in enumerate(ROI_KEYS)}
+            factor = t.hand_downscale.sample(rng)
+            if factor is not None and factor < 1:
+                image, shown = downscale_hand(image, shown, factor)
             crops = crop_rois(image, shown, r.crop_size, context=r.context, jitter=self.jitter,
                               rng=rng)
-            crops = gray_augment(crops, rng, gamma=t.gamma, contrast=t.contrast,
-                                 brightness=t.brightness, noise=t.noise)
+            crops = photometric_augment(crops, rng, t.photometric)
         labels[~present] = -1
         return torch.from_numpy(crops), torch.from_numpy(labels), sex, torch.from_numpy(present)
 
 
-def gray_augment(crops: np.ndarray, rng: np.random.Generator, *, gamma: float, contrast: float,
-                 brightness: float, noise: float) -> np.ndarray:
-    """One radiograph's exposure change (gamma, contrast, brightness) and per-pixel noise.
-
-    Background (exact 0: outside the hand or padding) stays 0, as at inference.
-    """
-    g = float(np.exp(rng.uniform(-np.log(gamma), np.log(gamma)))) if gamma > 1 else 1.0
-    c = float(rng.uniform(1 - contrast, 1 + contrast))
-    b = float(rng.uniform(-brightness, brightness))
-    out = np.clip(crops, 0, 1) ** g * c + b
-    if noise:
-        out = out + rng.normal(0.0, noise, size=crops.shape).astype(np.float32)
-    return np.where(crops > 0, np.clip(out, 0, 1), 0).astype(np.float32)
+def downscale_hand(image: np.ndarray, boxes: Mapping[str, Box | None], factor: float
+                   ) -> tuple[np.ndarray, dict[str, Box | None]]:
+    """``image`` resized by ``factor`` (area averaging) and ``boxes`` moved with it: the same
+    hand at a lower resolution (resolution jitter for training)."""
+    h, w = image.shape
+    size = (max(1, round(w * factor)), max(1, round(h * factor)))
+    fx, fy = size[0] / w, size[1] / h
+    small = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    moved = {k: None if b is None else Box(x0=b.x0 * fx, y0=b.y0 * fy, x1=b.x1 * fx, y1=b.y1 * fy)
+             for k, b in boxes.items()}
+    return small, moved
 
 
 def usable_records(records: Sequence[ImageRecord], recipe: GradeRecipe, source: str) -> list[ImageRecord]:

@@ -10,10 +10,11 @@ Two registered implementations share one model shape, ROI crops -> shared CNN ->
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from ..augment import LEGACY_FIELDS, Chance, Photometric, Sharpen, migrate_legacy
 from ..schemas import Recipe
 
 
@@ -28,6 +29,12 @@ class JitterSettings(_Settings):
     shift: float = Field(0.08, ge=0, le=0.5)
     rotation: float = Field(8.0, ge=0, le=45, description="degrees")
     aspect: float = Field(0.05, ge=0, le=0.5)
+
+
+#: the graders' appearance randomisation (see GradeTraining.photometric)
+GRADE_PHOTOMETRIC = Photometric(blur=Chance(p=0.15, range=(0.3, 0.8)),
+                                resolution=Chance(p=0.15, range=(0.5, 0.9)),
+                                sharpen=Sharpen(p=0.6, range=(0.3, 1.2), radius=(1.0, 3.0)))
 
 
 class GradeTraining(_Settings):
@@ -47,12 +54,32 @@ class GradeTraining(_Settings):
     #: chance that each ROI is hidden during training (learns to grade with missing ROIs)
     roi_dropout: float = Field(0.05, ge=0, lt=1)
     jitter: JitterSettings = JitterSettings()
-    #: gray-level augmentation: gamma drawn log-uniformly in [1/gamma, gamma], contrast and
-    #: brightness as multiplicative / additive spreads, Gaussian noise sigma
-    gamma: float = Field(1.35, ge=1)
-    contrast: float = Field(0.15, ge=0, lt=1)
-    brightness: float = Field(0.08, ge=0, lt=1)
-    noise: float = Field(0.01, ge=0)
+    #: resolution jitter: with probability p the hand crop is downscaled by a factor uniform
+    #: in range before its ROIs are cut (a smaller, blurrier source, same crop size)
+    hand_downscale: Chance = Chance(p=0.25, range=(0.6, 1.0))
+    #: radiograph appearance randomisation (precise_baa.augment), one change per radiograph
+    #: for its 13 crops (noise per crop); the crops' black background stays black. Blur and
+    #: resolution drops are milder than the library defaults: a crop's pixels are coarse next
+    #: to the stage details (growth plates, caps), and ROI crops of real radiographs are
+    #: downsampled from large images, so sharp rather than soft
+    photometric: Photometric = GRADE_PHOTOMETRIC
+
+    @model_validator(mode="before")
+    @classmethod
+    def _migrate(cls, data: Any) -> Any:
+        """Older recipes: flat gamma / contrast / brightness / noise fields (and no resolution
+        jitter: they were trained without it)."""
+        if isinstance(data, dict) and any(k in data for k in LEGACY_FIELDS):
+            data = {"hand_downscale": {"p": 0.0, "range": (1.0, 1.0)}, **data}
+        return migrate_legacy(data, keep_background=True)
+
+    @model_validator(mode="after")
+    def _check_downscale(self):
+        lo, hi = self.hand_downscale.range
+        if not 0.05 <= lo <= hi <= 1:
+            raise ValueError(f"hand_downscale.range {list(self.hand_downscale.range)}: "
+                             "need 0.05 <= low <= high <= 1 (a downscale factor)")
+        return self
 
 
 class GradeRecipe(Recipe):

@@ -10,10 +10,11 @@ and the hand crop every later stage sees (:mod:`precise_baa.handcrop`):
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from ..augment import Photometric, migrate_legacy
 from ..schemas import Recipe
 
 
@@ -84,18 +85,39 @@ class ThresholdRecipe(SegmentRecipe):
 
 
 class AugmentSettings(_Settings):
-    """Training-time augmentation (OpenCV, on the network-size image and mask together)."""
+    """Training-time augmentation of the network-size image and mask: geometric (OpenCV, image
+    and mask together; borders filled with zero) and photometric (the image only, see
+    :mod:`precise_baa.augment`)."""
 
     rotation: float = Field(15.0, ge=0, le=180, description="degrees, uniform in +-rotation")
-    scale: float = Field(0.15, ge=0, lt=1, description="zoom uniform in [1 - scale, 1 + scale]")
-    shift: float = Field(0.06, ge=0, le=0.5, description="translation, fraction of the side")
+    #: zoom about the image's centre, uniform in [low, high]: below 1 the radiograph shrinks
+    #: inside the frame (zero borders), above 1 it is cropped; a number s means [1 - s, 1 + s]
+    scale: tuple[float, float] = (0.6, 1.3)
+    shift: float = Field(0.1, ge=0, le=0.5, description="translation, fraction of the side")
     hflip: float = Field(0.5, ge=0, le=1, description="probability of a left-right flip")
     vflip: float = Field(0.0, ge=0, le=1, description="probability of an upside-down flip")
-    #: gamma drawn log-uniformly in [1/gamma, gamma]
-    gamma: float = Field(1.5, ge=1)
-    contrast: float = Field(0.15, ge=0, lt=1)
-    brightness: float = Field(0.08, ge=0, lt=1)
-    noise: float = Field(0.01, ge=0)
+    #: radiograph appearance randomisation; the whole radiograph is seen, so its dark
+    #: background is changed too (keep_background: false)
+    photometric: Photometric = Photometric(keep_background=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _migrate(cls, data: Any) -> Any:
+        """Older recipes: ``scale`` as a spread, flat gamma / contrast / brightness / noise."""
+        data = migrate_legacy(data, keep_background=False)
+        if isinstance(data, dict) and isinstance(data.get("scale"), (int, float)):
+            s = float(data["scale"])
+            if not 0 <= s < 1:
+                raise ValueError(f"scale {s}: a spread must be in [0, 1), or give [low, high]")
+            data = {**data, "scale": (1 - s, 1 + s)}
+        return data
+
+    @model_validator(mode="after")
+    def _check_scale(self):
+        lo, hi = self.scale
+        if not 0 < lo <= hi <= 4:
+            raise ValueError(f"scale {list(self.scale)}: need 0 < low <= high <= 4")
+        return self
 
 
 class SegmentTraining(_Settings):

@@ -4,8 +4,9 @@ Data: ``DIR/images`` + ``DIR/masks`` (same names; the phantom generator's layout
 manifest whose images carry ``mask_file`` (:func:`precise_baa.data.segmentation_pairs`).
 Every image is prepared exactly as at inference (:func:`precise_baa.segment.unet.network_input`:
 longest side to ``input_size``, percentile window, zero padded square) and cached; training
-adds augmentation on image and mask together with OpenCV (rotation, scale, shift, flips) and
-grey-level changes (gamma, contrast, brightness, noise). The loss is soft Dice + BCE;
+adds a random radiograph appearance (:mod:`precise_baa.augment`: exposure, display curve,
+blur / sharpening, noise, resolution) and a geometric change of image and mask together with
+OpenCV (rotation, zoom 0.6-1.3 by default, shift, flips). The loss is soft Dice + BCE;
 :func:`precise_baa.training.fit` runs the loop and keeps the epoch with the best validation Dice.
 """
 
@@ -23,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from ..augment import photometric_augment
 from ..data import read_pair, segmentation_pairs
 from ..errors import RecipeError
 from ..evaluation import mask_metrics
@@ -63,22 +65,16 @@ def prepare_pair(image_path: Path, mask_path: Path, recipe: UnetRecipe
 
 def augment(image: np.ndarray, mask: np.ndarray, hw: tuple[int, int], rng: np.random.Generator,
             a: AugmentSettings) -> tuple[np.ndarray, np.ndarray]:
-    """One random geometric + grey-level change of a letterboxed image and its mask.
+    """One random appearance + geometric change of a letterboxed image and its mask.
 
-    Grey-level changes touch the image part only (the zero padding stays zero, as at
-    inference); flips, then one affine warp (rotation and scale about the image's centre,
-    shift) move image and mask together, new borders filled with zero.
+    The appearance change (:func:`precise_baa.augment.photometric_augment`) touches the image
+    part only (the zero padding stays zero, as at inference); flips, then one affine warp
+    (rotation and zoom about the image's centre, shift) move image and mask together, new
+    borders filled with zero, so the hand's size in the frame varies over ``a.scale``.
     """
     image, mask = image.copy(), mask.copy()
     h, w = hw
-    part = image[:h, :w]
-    if a.gamma > 1:
-        part **= float(np.exp(rng.uniform(-np.log(a.gamma), np.log(a.gamma))))
-    part *= float(rng.uniform(1 - a.contrast, 1 + a.contrast))
-    part += float(rng.uniform(-a.brightness, a.brightness))
-    if a.noise:
-        part += rng.normal(0.0, a.noise, size=part.shape).astype(np.float32)
-    np.clip(part, 0.0, 1.0, out=part)
+    image[:h, :w] = photometric_augment(image[:h, :w], rng, a.photometric)
     size = image.shape[0]
     cx, cy = w / 2, h / 2  # centre of the image part
     if rng.random() < a.hflip:
@@ -86,7 +82,7 @@ def augment(image: np.ndarray, mask: np.ndarray, hw: tuple[int, int], rng: np.ra
     if rng.random() < a.vflip:
         image, mask, cy = image[::-1], mask[::-1], size - cy
     angle = float(rng.uniform(-a.rotation, a.rotation))
-    scale = float(rng.uniform(1 - a.scale, 1 + a.scale))
+    scale = float(rng.uniform(*a.scale))
     if angle or scale != 1.0 or a.shift:
         m = cv2.getRotationMatrix2D((cx, cy), angle, scale)
         m[:, 2] += rng.uniform(-a.shift, a.shift, size=2) * size

@@ -6,7 +6,8 @@
 # default_runtime). Changes for hand radiographs:
 # - 13 classes named by ROI key (precise_baa.rois.ROI_KEYS; the order is the label order);
 # - input: the segmenter's hand crop (grayscale, repeated to 3 channels) resized into image_scale;
-# - augmentation: small rotation/scale/shift and brightness/contrast, no flip (left hands);
+# - augmentation: rotation, zoom 0.7-1.25 and shift, and the shared radiograph appearance
+#   randomisation (RadiographAugment, registered by precise-baa), no flip (left hands);
 # - no download unless asked: precise-baa drops ImageNet `init_cfg`/`pretrained` entries unless
 #   the recipe says `pretrained: true` (then nothing pretrained is frozen either).
 # Training data paths, epochs and batch size are filled in by `precise-baa train detect`.
@@ -118,11 +119,14 @@ def pipelines(image_scale):
     train = [
         dict(type='LoadImageFromFile', backend_args=backend_args),
         dict(type='LoadAnnotations', with_bbox=True),
-        dict(type='RandomAffine', max_rotate_degree=8.0, max_translate_ratio=0.05,
-             scaling_ratio_range=(0.85, 1.15), max_shear_degree=0.0, border_val=(0, 0, 0)),
-        dict(type='Brightness', prob=0.5, min_mag=0.75, max_mag=1.25),
-        dict(type='Contrast', prob=0.5, min_mag=0.75, max_mag=1.25),
+        # hand size, position and angle in the crop vary (boxes of rotated bones grow, so
+        # rotation stays moderate; the phantoms' poses rotate the hand itself)
+        dict(type='RandomAffine', max_rotate_degree=10.0, max_translate_ratio=0.1,
+             scaling_ratio_range=(0.7, 1.25), max_shear_degree=0.0, border_val=(0, 0, 0)),
         dict(type='Resize', scale=image_scale, keep_ratio=True),
+        # radiograph appearance at the network's scale (precise_baa.augment; fields of
+        # Photometric may be given here); the black background stays black
+        dict(type='RadiographAugment'),
         dict(type='FilterAnnotations', min_gt_bbox_wh=(1, 1), keep_empty=False),
         dict(type='PackDetInputs'),
     ]
