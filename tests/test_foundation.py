@@ -132,7 +132,7 @@ def test_imports_run_one_way():
     import ast
 
     pkg = Path(__file__).resolve().parents[1] / "precise_baa"
-    foundation = ["rois", "schemas", "errors", "paths", "imaging", "handcrop", "crops", "data",
+    foundation = ["rois", "schemas", "errors", "paths", "imaging", "handcrop", "crops", "augment", "data",
                   "registry", "weights", "training", "evaluation", "interfaces"]
     stages = ["segment", "detect", "grade", "score"]
     upper = ["pipeline", "batch", "report", "synth", "cli"]
