@@ -10,13 +10,27 @@ def add_train(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "grade", help="train a per-ROI maturity grader (stage 3)",
-        description="Train a grader on a COCO manifest with per-ROI stages. Crops come from the "
-                    "ground-truth boxes (jittered) on the hand crop of the ground-truth mask; "
-                    "the best epoch by validation mean accuracy is written to --out.")
+        description="Train a grader on a COCO manifest with per-ROI stages, or with bone ages "
+                    "only (--supervision bone-age / mixed). Crops come from the boxes (jittered) "
+                    "on the hand crop of the mask; boxes and masks a manifest lacks can come "
+                    "from trained stages (--boxes-from, --segment). The best epoch (validation "
+                    "mean accuracy, or bone-age error) is written to --out.")
     p.add_argument("--recipe", required=True, help="grader recipe, e.g. stages/grade/densenet-attention-lite.yaml")
-    p.add_argument("--coco", required=True, help="COCO manifest with 'stage' (or 'stage_tw3') per annotation")
+    p.add_argument("--coco", required=True,
+                   help="COCO manifest with 'stage' (or 'stage_tw3') per annotation, and/or "
+                        "'bone_age' + 'sex' per image")
     p.add_argument("--images", default=None, help="images folder (default: images/ beside the manifest)")
     p.add_argument("--out", required=True, help="weights folder to write, e.g. weights/my-grader")
+    p.add_argument("--supervision", default="stages", choices=["stages", "bone-age", "mixed"],
+                   help="what the labels teach: stages (per-ROI 'stage', default), bone-age (each "
+                        "image's bone_age and sex only, through stage 4 in torch), mixed (stages "
+                        "where an image has them, its bone age elsewhere)")
+    p.add_argument("--boxes-from", default=None, metavar="WEIGHTS",
+                   help="detector weights folder that boxes the images without boxes in the "
+                        "manifest (on the hand crop; cached in OUT/predicted-labels)")
+    p.add_argument("--segment", default=None, metavar="WEIGHTS",
+                   help="segmenter weights for images without mask_file (default with "
+                        "--boxes-from: the bundled weights/segment-unet-lite)")
     add_training_options(p, batch_help="radiographs per step (13 crops each)")
     p.set_defaults(func=handler("precise_baa.grade.cli:run_train"))
 
@@ -46,8 +60,10 @@ def run_train(args: argparse.Namespace) -> int:
                        batch_size=args.batch_size, lr=args.lr, val_fraction=args.val_fraction,
                        device=args.device, seed=args.seed, workers=args.workers,
                        cache=not args.no_cache, init_weights=args.init_weights,
-                       progress=not args.quiet)
-    print(f"best mean accuracy {res.best_metric:.4f} at epoch {res.best_epoch}; "
+                       progress=not args.quiet, supervision=args.supervision,
+                       boxes_from=args.boxes_from, segment=args.segment)
+    what = "mean accuracy" if args.supervision == "stages" else "val bone-age MAE (y)"
+    print(f"best {what} {res.best_metric:.4f} at epoch {res.best_epoch}; "
           f"weights in {res.out_dir} ({res.seconds:.0f} s)")
     return 0
 

@@ -63,6 +63,19 @@ class GradeTraining(_Settings):
     #: to the stage details (growth plates, caps), and ROI crops of real radiographs are
     #: downsampled from large images, so sharp rather than soft
     photometric: Photometric = GRADE_PHOTOMETRIC
+    #: training from bone ages (``--supervision bone-age`` / ``mixed``): the loss is Huber
+    #: (delta ``age_huber_delta`` years) between the bone age of the expected stages (stage 4
+    #: in torch) and the label, times ``age_weight``; ``hand_prior_weight`` ties each ROI's
+    #: expected maturity fraction (points / top points) to the hand's level, and
+    #: ``concentration_weight`` penalises the variance of each ROI's stage distribution (in
+    #: stages), so heads stay peaked on neighbouring stages instead of mixing far ones
+    age_weight: float = Field(1.0, ge=0)
+    age_huber_delta: float = Field(1.0, gt=0)
+    hand_prior_weight: float = Field(2.0, ge=0)
+    #: the hand's level the prior ties each ROI to: the one the bone-age label implies (P50
+    #: score at that age / top total score) or the mean of the ROIs' predicted fractions
+    hand_prior_target: Literal["label", "mean"] = "label"
+    concentration_weight: float = Field(0.05, ge=0)
 
     @model_validator(mode="before")
     @classmethod
