@@ -271,7 +271,8 @@ def sample_pose(rng: np.random.Generator, hand: Hand, shape: tuple[int, int],
 
     Raw: a film of 19-30 cm (the hand's real size decides how much of it the hand covers),
     rotated up to 18 degrees, the forearm leaving at the bottom, fingers inside. Preprocessed:
-    upright, fingertips 3-15 % below the top edge, a short forearm stub at the bottom, as wide
+    upright, fingertips 3-15 % below the top edge, a forearm stub at the bottom (0-13 % of the
+    frame: some frames end at the wrist, the distal radius and ulna boxes still inside), as wide
     as the frame allows. Either way every ROI box stays inside the frame.
     """
     h, w = shape
@@ -293,7 +294,8 @@ def sample_pose(rng: np.random.Generator, hand: Hand, shape: tuple[int, int],
         physis = (hand.bone("radius").physis @ rot.T)[1]
         tip = pts[:, 1].min()
         top = rng.uniform(0.03, 0.08) if rng.random() < 0.85 else rng.uniform(0.08, 0.15)
-        stub = rng.uniform(0.06, 0.13)
+        # forearm below the radius physis; one in five frames ends right at the wrist
+        stub = rng.uniform(0.06, 0.13) if rng.random() < 0.8 else rng.uniform(0.0, 0.06)
         scale = h * (1.0 - top - stub) / (physis - tip)
         upper = pts[pts[:, 1] <= physis + stub * h / scale]
         lo, hi = upper.min(0), upper.max(0)
