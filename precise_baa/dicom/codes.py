@@ -42,7 +42,7 @@ points                 (POINTS, 99PRECISEBAA) in {points}      TID 1410 measurem
 confidence             (122157, DCM, Probability) in 1         TID 1410 measurement (top stage
                                                                probability)
 detection score        (DETECTION-SCORE, 99PRECISEBAA) in 1    TID 1410 measurement
-algorithm              TID 4019: name precise-baa, version,    every group and measurement
+algorithm              TID 4019: name precise-baa, version,    every measurement group
                        parameters = each stage's
                        implementation and weights sha256
 =====================  ======================================  ====================================

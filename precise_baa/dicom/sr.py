@@ -10,7 +10,7 @@ modules copied from the source, a new series):
   image, the bone as finding and finding site, stage (+ its label), points, confidence and
   detection score;
 - the algorithm (TID 4019: precise-baa, its version and each stage's weights sha256) on every
-  group and measurement.
+  group.
 
 Codes are listed in :mod:`precise_baa.dicom.codes`. A rejected or unprocessed radiograph gets
 the same report with status and reason and whatever ROI boxes were found.
@@ -85,8 +85,8 @@ def algorithm(a: Assessment) -> AlgorithmIdentification:
                                    parameters=params or None)
 
 
-def _measure(name, value, unit, algo) -> Measurement:
-    return Measurement(name=name, value=float(value), unit=unit, algorithm_id=algo)
+def _measure(name, value, unit) -> Measurement:
+    return Measurement(name=name, value=float(value), unit=unit)
 
 
 def _comments(a: Assessment) -> list[str]:
@@ -104,15 +104,15 @@ def _comments(a: Assessment) -> list[str]:
 def _image_group(a: Assessment, key: str, algo) -> MeasurementsAndQualitativeEvaluations:
     ms = []
     if a.bone_age_years is not None:
-        ms.append(_measure(C.BONE_AGE, a.bone_age_years, C.YEARS, algo))
+        ms.append(_measure(C.BONE_AGE, a.bone_age_years, C.YEARS))
     if a.chronological_age_years is not None:
-        ms.append(_measure(C.CHRONOLOGICAL_AGE, a.chronological_age_years, C.YEARS, algo))
+        ms.append(_measure(C.CHRONOLOGICAL_AGE, a.chronological_age_years, C.YEARS))
     if a.bone_age_minus_chronological_years is not None:
-        ms.append(_measure(C.BA_MINUS_CA, a.bone_age_minus_chronological_years, C.YEARS, algo))
+        ms.append(_measure(C.BA_MINUS_CA, a.bone_age_minus_chronological_years, C.YEARS))
     if a.deviation_threshold_years is not None:
-        ms.append(_measure(C.THRESHOLD, a.deviation_threshold_years, C.YEARS, algo))
+        ms.append(_measure(C.THRESHOLD, a.deviation_threshold_years, C.YEARS))
     if a.maturity_score is not None:
-        ms.append(_measure(C.MATURITY_SCORE, a.maturity_score, C.SCORE_UNIT, algo))
+        ms.append(_measure(C.MATURITY_SCORE, a.maturity_score, C.SCORE_UNIT))
     qs = [QualitativeEvaluation(C.STATUS, C.STATUSES[a.status])]
     if a.standard in C.STANDARDS:
         qs.append(QualitativeEvaluation(C.STANDARD, C.STANDARDS[a.standard]))
@@ -143,13 +143,13 @@ def _roi_group(a: Assessment, r: RoiResult, source: Dataset, laterality: str | N
     )
     ms = []
     if r.stage is not None:
-        ms.append(_measure(C.STAGE, r.stage, C.STAGE_UNIT, algo))
+        ms.append(_measure(C.STAGE, r.stage, C.STAGE_UNIT))
     if r.points is not None:
-        ms.append(_measure(C.POINTS, r.points, C.POINTS_UNIT, algo))
+        ms.append(_measure(C.POINTS, r.points, C.POINTS_UNIT))
     if r.confidence is not None:
-        ms.append(_measure(C.CONFIDENCE, r.confidence, C.NO_UNITS, algo))
+        ms.append(_measure(C.CONFIDENCE, r.confidence, C.NO_UNITS))
     if r.detection_score is not None:
-        ms.append(_measure(C.DETECTION_SCORE, r.detection_score, C.NO_UNITS, algo))
+        ms.append(_measure(C.DETECTION_SCORE, r.detection_score, C.NO_UNITS))
     qs = []
     if r.stage_label is not None and a.standard:
         qs.append(QualitativeEvaluation(C.STAGE_LABEL, C.stage_label_code(a.standard, r.stage_label)))
