@@ -12,11 +12,11 @@ demo: setup
 	@$(PY) -m precise_baa.cli demo
 
 test:
-	@bash scripts/setup.sh --browser
+	@bash scripts/setup.sh --browser --pacs
 	@$(PY) -m pytest
 
 test-all:
-	@bash scripts/setup.sh --browser
+	@bash scripts/setup.sh --browser --pacs
 	@$(PY) -m pytest -m "" 
 
 lint: setup

@@ -9,11 +9,14 @@
 set -euo pipefail
 
 # --browser: also make sure a headless Chromium is present (the HTML report's browser test).
+# --pacs: also make sure Orthanc is present (the DICOM node's round trip through a real PACS).
 WANT_BROWSER=0
+WANT_PACS=0
 for arg in "$@"; do
   case "$arg" in
     --browser) WANT_BROWSER=1 ;;
-    *) echo "usage: scripts/setup.sh [--browser]" >&2; exit 2 ;;
+    --pacs) WANT_PACS=1 ;;
+    *) echo "usage: scripts/setup.sh [--browser] [--pacs]" >&2; exit 2 ;;
   esac
 done
 
@@ -43,6 +46,22 @@ ensure_browser() {
   fi
 }
 [[ $WANT_BROWSER -eq 1 ]] && ensure_browser
+
+ensure_pacs() {
+  command -v Orthanc >/dev/null 2>&1 && return 0
+  if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
+    log "installing Debian orthanc for the DICOM node's PACS test"
+    if { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq orthanc; } >/dev/null; then
+      # The tests start their own Orthanc on free loopback ports; leave no system service running.
+      if command -v systemctl >/dev/null 2>&1; then systemctl disable --now orthanc >/dev/null 2>&1 || true; fi
+    else
+      log "could not install orthanc; the PACS test will be skipped"
+    fi
+  else
+    log "no Orthanc and no root apt-get; the PACS test will be skipped"
+  fi
+}
+[[ $WANT_PACS -eq 1 ]] && ensure_pacs
 
 # Everything that decides what gets installed; a stamp of it makes re-runs instant.
 stamp_src() {
@@ -122,7 +141,7 @@ if ! mmcv_ok; then
 fi
 
 pip_install "mmdet==$MMDET_VERSION"
-pip_install -e "$ROOT[dev]"
+pip_install -e "$ROOT[dev,dicom-codecs]"
 
 "$VPY" -c "from mmcv.ops import RoIAlign, nms, SAConv2d; import mmdet, segmentation_models_pytorch" \
   || { log "the installed stack does not import"; exit 1; }
