@@ -31,6 +31,26 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--phantom", action="store_true",
                    help="mark the weights phantom-trained (default: when the manifest's images say "
                         "\"phantom\": true)")
+    p.add_argument("--init-weights", default=None, metavar="WEIGHTS",
+                   help="detector weights folder (same recipe) to start from; with --unlabelled: "
+                        "the teacher")
+    s = p.add_argument_group(
+        "self-training on unlabelled radiographs",
+        "With --unlabelled the teacher (--init-weights, or a detector first trained on --coco into "
+        "OUT/teacher) boxes the unlabelled radiographs; images whose 13 boxes all pass the "
+        "anatomy checks and score >= --pseudo-threshold join the training split (manifest in "
+        "OUT/pseudo-labels/round-N) and a student trains from the teacher's weights.")
+    s.add_argument("--unlabelled", default=None, metavar="DIR",
+                   help="folder of unlabelled radiographs (searched recursively)")
+    s.add_argument("--segment", default=None, metavar="WEIGHTS",
+                   help="segmenter for their hand crops (default: weights/segment-unet-lite)")
+    s.add_argument("--pseudo-threshold", type=float, default=0.7,
+                   help="every one of the 13 boxes must score at least this (default 0.7)")
+    s.add_argument("--rounds", type=int, default=1,
+                   help="teacher-student rounds: each student teaches the next (default 1)")
+    s.add_argument("--teacher-epochs", type=int, default=None,
+                   help="epochs of the teacher trained on --coco when no --init-weights "
+                        "(default: --epochs)")
     p.set_defaults(func=handler("precise_baa.detect.cli:run_train"))
 
 
@@ -53,13 +73,32 @@ def add_evaluate(sub: argparse._SubParsersAction) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from .train import train_detector
+    import json
 
+    from .train import self_train_detector, train_detector
+
+    common = dict(batch_size=args.batch_size, val_fraction=args.val_fraction,
+                  device=args.device, seed=args.seed, workers=args.workers,
+                  pretrained=True if args.pretrained else None,
+                  phantom=True if args.phantom else None)
+    if args.unlabelled:
+        st = self_train_detector(args.recipe, args.coco, args.images, args.out,
+                                 unlabelled=args.unlabelled, init_weights=args.init_weights,
+                                 segment=args.segment, threshold=args.pseudo_threshold,
+                                 rounds=args.rounds, epochs=args.epochs,
+                                 teacher_epochs=args.teacher_epochs or args.epochs, **common)
+        for r in st.rounds:
+            print(f"round {r['round']}: {r['kept']} of {r['unlabelled']} unlabelled radiographs "
+                  f"pseudo-labelled (no hand {r['no_hand']}, missing or implausible ROI "
+                  f"{r['missing_or_implausible']}, a box below {args.pseudo_threshold} "
+                  f"{r['low_score']})")
+        card = json.loads((st.final / "card.json").read_text())
+        best = card.get("metrics", {}).get("coco/bbox_mAP")
+        print(f"student val bbox mAP {best if best is not None else 'n/a'}; teacher in "
+              f"{st.teacher}, weights in {st.final}")
+        return 0
     res = train_detector(args.recipe, args.coco, args.images, args.out, epochs=args.epochs,
-                         batch_size=args.batch_size, val_fraction=args.val_fraction,
-                         device=args.device, seed=args.seed, workers=args.workers,
-                         pretrained=True if args.pretrained else None,
-                         phantom=True if args.phantom else None)
+                         init_weights=args.init_weights, **common)
     metric = "n/a (no validation split)" if res.best_metric != res.best_metric else f"{res.best_metric:.4f}"
     print(f"best val bbox mAP {metric} at epoch {res.best_epoch}; weights in {res.out_dir} "
           f"({res.seconds:.0f} s)")

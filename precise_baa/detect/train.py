@@ -15,18 +15,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..data import ImageRecord, load_coco, split_records
+from ..data import ImageRecord, load_coco, read_mask, split_records
 from ..errors import InputError
 from ..paths import display_path
 from ..rois import ROI_KEYS
@@ -215,6 +217,9 @@ def train_detector(
     workers: int | None = None,
     pretrained: bool | None = None,
     phantom: bool | None = None,
+    init_weights: str | Path | None = None,
+    extra_train: Sequence[ImageRecord] = (),
+    card_extra: Mapping[str, Any] | None = None,
 ) -> FitResult:
     """Train the recipe's mmdet detector on a COCO manifest; the best weights go to ``out_dir``.
 
@@ -222,7 +227,10 @@ def train_detector(
     overrides the recipe's (ImageNet backbone, a download). ``phantom`` marks the card
     phantom-trained (default: from the manifest's images, ``"phantom": true``). Returns the
     best validation bbox mAP (COCO, IoU 0.5:0.95) and its epoch; with ``val_fraction=0`` the
-    last epoch is kept and the metric is NaN.
+    last epoch is kept and the metric is NaN. ``init_weights``: a weights folder of the same
+    recipe to start from. ``extra_train``: more records (e.g. pseudo-labelled) that join the
+    training split only; validation stays on the manifest's labels. ``card_extra`` is added to
+    the weights card.
     """
     from ..registry import parse_recipe, read_recipe
 
@@ -242,6 +250,10 @@ def train_detector(
     if not usable:
         raise InputError(f"{coco}: no image has ROI boxes to train a detector on")
     train_recs, val_recs = split_records(usable, val_fraction, seed)
+    if extra_train:
+        first = max(r.id for r in manifest.records) + 1  # image ids must stay unique
+        train_recs = train_recs + [dataclasses.replace(r, id=first + i)
+                                   for i, r in enumerate(extra_train)]
     has_val = bool(val_recs)
     cfg = load_config(recipe)
     stored = resolved_recipe(recipe, cfg)  # before data paths: the weights carry the model only
@@ -259,6 +271,8 @@ def train_detector(
         "training": {"epochs": epochs, "batch_size": batch_size or cfg.train_dataloader.get("batch_size"),
                      "pretrained": recipe.pretrained, "device": device or "auto"},
         "metric": f"{METRIC}: COCO bbox mAP (IoU 0.5:0.95) on the validation split",
+        **({"init_weights": display_path(init_weights)} if init_weights is not None else {}),
+        **dict(card_extra or {}),
     }
     from mmengine.runner import Runner
 
@@ -278,6 +292,13 @@ def train_detector(
         runner = Runner.from_cfg(cfg)
         with quiet_mmengine():  # initialise here, without a report line per parameter
             runner.model.init_weights()
+        if init_weights is not None:
+            from mmengine.model import is_model_wrapper
+
+            from ..weights import load_into, load_weights
+
+            model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+            load_into(model, load_weights(init_weights))
         hook = _export_hook(out_dir, stored, card, has_val)
         runner.register_hook(hook)
         runner.train()
@@ -303,3 +324,143 @@ def _check_device(device: str | None) -> None:
                              f"{device.split(':', 1)[1]} and --device cuda")
     elif device != "cpu":
         raise InputError(f"unknown device {device!r}; use cpu or cuda")
+
+
+# --------------------------------------------------------------------------------------------
+# Self-training on unlabelled radiographs
+@dataclass
+class SelfTrainResult:
+    """Weights folders of a self-training run and what each round pseudo-labelled."""
+
+    teacher: Path
+    students: list[Path]
+    rounds: list[dict[str, Any]]
+
+    @property
+    def final(self) -> Path:
+        return self.students[-1]
+
+
+def pseudo_label(
+    detector_weights: str | Path,
+    unlabelled: str | Path,
+    out_dir: str | Path,
+    *,
+    segment: str | Path | None = None,
+    threshold: float = 0.7,
+    device: str | None = None,
+    progress: bool = True,
+) -> tuple[Path, dict[str, Any]]:
+    """Box the radiographs under ``unlabelled`` with a trained detector; keep an image only when
+    all 13 boxes survive the anatomy checks and every box scores at least ``threshold``.
+
+    Palm masks come from the segmenter ``segment`` (the bundled one by default). Writes
+    ``out_dir/annotations.json`` (the project's COCO manifest, boxes with their ``score``,
+    ``file_name`` relative to ``unlabelled``, ``mask_file`` to ``out_dir/masks/``) and returns
+    it with the counts.
+    """
+    from ..labels.predicted import list_images, predict_masks_and_boxes
+
+    if not 0.0 <= threshold <= 1.0:
+        raise InputError(f"pseudo-label threshold {threshold} must be in [0, 1]")
+    unlabelled, out_dir = Path(unlabelled), Path(out_dir)
+    paths = list_images(unlabelled)
+    preds = predict_masks_and_boxes(paths, out_dir, detect=detector_weights, segment=segment,
+                                    device=device, progress=progress)
+    images, anns = [], []
+    counts = {"unlabelled": len(paths), "kept": 0, "no_hand": 0, "missing_or_implausible": 0,
+              "low_score": 0}
+    for path, p in zip(paths, preds, strict=True):
+        if p.mask is None:
+            counts["no_hand"] += 1
+        elif not p.complete:
+            counts["missing_or_implausible"] += 1
+        elif p.min_score() < threshold:
+            counts["low_score"] += 1
+        else:
+            counts["kept"] += 1
+            iid = len(images) + 1
+            h, w = read_mask(p.mask).shape
+            images.append({"id": iid, "file_name": path.relative_to(unlabelled).as_posix(),
+                           "width": w, "height": h, "mask_file": p.mask.relative_to(out_dir).as_posix(),
+                           "pseudo_label": True})
+            for c, key in enumerate(ROI_KEYS, 1):
+                b = p.boxes[key]
+                anns.append({"id": len(anns) + 1, "image_id": iid, "category_id": c,
+                             "bbox": [b.x0, b.y0, b.width, b.height], "area": b.width * b.height,
+                             "iscrowd": 0, "score": round(p.scores[key], 4)})
+    manifest = out_dir / "annotations.json"
+    manifest.write_text(json.dumps({
+        "info": {"description": "pseudo-labels: boxes of a trained detector",
+                 "detector": display_path(detector_weights), "threshold": threshold, **counts},
+        "images": images, "annotations": anns,
+        "categories": [{"id": i, "name": k} for i, k in enumerate(ROI_KEYS, 1)]}, indent=1))
+    log.info("pseudo-labels: kept %(kept)d of %(unlabelled)d (no hand %(no_hand)d, missing or "
+             "implausible ROI %(missing_or_implausible)d, a score below the bar %(low_score)d)",
+             counts)
+    return manifest, counts
+
+
+def self_train_detector(
+    recipe: str | Path | Mapping[str, Any] | DetectRecipe,
+    coco: str | Path,
+    images_dir: str | Path | None,
+    out_dir: str | Path,
+    *,
+    unlabelled: str | Path,
+    init_weights: str | Path | None = None,
+    segment: str | Path | None = None,
+    threshold: float = 0.7,
+    rounds: int = 1,
+    teacher_epochs: int | None = None,
+    epochs: int | None = None,
+    batch_size: int | None = None,
+    val_fraction: float = 0.15,
+    device: str | None = None,
+    seed: int = 0,
+    workers: int | None = None,
+    pretrained: bool | None = None,
+    phantom: bool | None = None,
+    progress: bool = True,
+) -> SelfTrainResult:
+    """Teacher-student self-training: adapt a detector to unlabelled radiographs.
+
+    The teacher is ``init_weights`` or, without it, a detector trained first on the labelled
+    manifest (``out_dir/teacher``, ``teacher_epochs``). Each round the teacher pseudo-labels
+    ``unlabelled`` (:func:`pseudo_label`; manifest in ``out_dir/pseudo-labels/round-N``) and
+    a student starts from the teacher's weights and trains on the labelled training split plus
+    the pseudo-labelled images (validation on labelled images only); the student teaches the
+    next round. The last student is written to ``out_dir`` (earlier ones to
+    ``out_dir/round-N``).
+    """
+    if rounds < 1:
+        raise InputError(f"rounds must be at least 1, got {rounds}")
+    out_dir = Path(out_dir)
+    common = dict(batch_size=batch_size, val_fraction=val_fraction, device=device, seed=seed,
+                  workers=workers, pretrained=pretrained, phantom=phantom)
+    if init_weights is None:
+        teacher = out_dir / "teacher"
+        train_detector(recipe, coco, images_dir, teacher, epochs=teacher_epochs, **common)
+    else:
+        teacher = Path(init_weights)
+    first_teacher, students, summary = teacher, [], []
+    for r in range(1, rounds + 1):
+        manifest, counts = pseudo_label(teacher, unlabelled, out_dir / "pseudo-labels" / f"round-{r}",
+                                        segment=segment, threshold=threshold, device=device,
+                                        progress=progress)
+        if not counts["kept"]:
+            raise InputError(f"{unlabelled}: no radiograph got 13 plausible boxes scoring >= "
+                             f"{threshold} from {teacher}; lower --pseudo-threshold or train the "
+                             "teacher longer")
+        extra = load_coco(manifest, unlabelled).records
+        student = out_dir if r == rounds else out_dir / f"round-{r}"
+        info = {"self_training": {"round": r, "teacher": display_path(teacher),
+                                  "unlabelled_dir": display_path(unlabelled),
+                                  "pseudo_labels": display_path(manifest), "threshold": threshold,
+                                  **counts}}
+        train_detector(recipe, coco, images_dir, student, epochs=epochs, init_weights=teacher,
+                       extra_train=extra, card_extra=info, **common)
+        students.append(student)
+        summary.append({"round": r, **counts})
+        teacher = student
+    return SelfTrainResult(first_teacher, students, summary)

@@ -210,9 +210,9 @@ def supervised_records(records: Sequence[ImageRecord], recipe: GradeRecipe, supe
         log.warning("%s: %d image(s) with a bone age but no sex skipped (the curve is per sex)",
                     source, skipped["no_sex"])
     if skipped["missing_boxes"]:
-        log.warning("%s: %d image(s) with a bone age but fewer than 13 ROI boxes skipped (the "
-                    "bone age needs every ROI's stage; --boxes-from WEIGHTS predicts boxes)",
-                    source, skipped["missing_boxes"])
+        log.warning("%s: %d image(s) with a bone age but fewer than 13 ROI boxes skipped (a "
+                    "bone age needs every ROI's stage; give boxes in the manifest or "
+                    "--boxes-from DETECTOR)", source, skipped["missing_boxes"])
     if skipped["no_label"]:
         log.warning("%s: %d image(s) with neither stages nor a bone age skipped",
                     source, skipped["no_label"])
