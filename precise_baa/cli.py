@@ -21,6 +21,7 @@ _CONTRIBUTORS = (
     "precise_baa.segment.cli",
     "precise_baa.detect.cli",
     "precise_baa.grade.cli",
+    "precise_baa.labels.cli",
     "precise_baa.dicom.cli",
 )
 
