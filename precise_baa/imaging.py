@@ -6,6 +6,11 @@ bright = dense (bone), dark = background, as a radiograph is read on a light box
 Every failure is an :class:`~precise_baa.errors.ImageReadError` carrying the file name and a
 one-line reason. Patient names are read only when asked (``keep_patient_name=True``).
 
+Decompression bombs: the size a file declares (PNG/JPEG/TIFF/BMP header, DICOM Rows x Columns)
+is checked against a limit *before* any pixel is decoded: :data:`DEFAULT_MAX_PIXELS` (100
+megapixels), or ``PRECISE_BAA_MAX_PIXELS``, or ``max_pixels=`` per call. Decoders are kept
+quiet: what libpng / OpenCV would print on stderr for a broken file goes into the reason.
+
 >>> rad = read_radiograph("examples/phantom_000.png")  # doctest: +SKIP
 >>> rad.pixels.shape, rad.pixels.dtype                 # doctest: +SKIP
 ((512, 512), dtype('float32'))
@@ -13,8 +18,13 @@ one-line reason. Patient names are read only when asked (``keep_patient_name=Tru
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import os
 import re
+import sys
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -25,6 +35,8 @@ from .errors import ImageReadError
 RASTER_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
 DICOM_SUFFIXES = {".dcm", ".dicom", ".dic"}
 MIN_SIDE = 64  # pixels; smaller images cannot show 13 ROIs
+DEFAULT_MAX_PIXELS = 100_000_000  # declared width x height above this is refused undecoded
+MAX_PIXELS_ENV = "PRECISE_BAA_MAX_PIXELS"
 
 
 @dataclass(frozen=True)
@@ -130,21 +142,127 @@ def _finish(path: str, arr: np.ndarray, meta: RadiographMeta) -> Radiograph:
 
 
 # --------------------------------------------------------------------------------------------
-def _read_raster(path: Path) -> Radiograph:
+def parse_max_pixels(text: str | int | float) -> int:
+    """``"100M"`` / ``"2.5e8"`` / ``250000000`` -> pixels (a positive whole number); ``M`` means
+    megapixels. Raises ``ValueError`` with a one-line reason."""
+    raw = str(text).strip()
+    scale = 1
+    if raw[-1:] in ("M", "m"):
+        raw, scale = raw[:-1], 1_000_000
+    try:
+        value = float(raw) * scale
+    except ValueError:
+        raise ValueError(f"{text!r} is not a pixel count (e.g. 100M or 100000000)") from None
+    if not np.isfinite(value) or value < 1:
+        raise ValueError(f"{text!r} is not a positive pixel count (e.g. 100M or 100000000)")
+    return int(value)
+
+
+def max_pixels_limit(max_pixels: int | None = None) -> int:
+    """The limit in force: ``max_pixels``, else ``PRECISE_BAA_MAX_PIXELS``, else 100 MP."""
+    if max_pixels is not None:
+        return int(max_pixels)
+    env = os.environ.get(MAX_PIXELS_ENV)
+    if env:
+        try:
+            return parse_max_pixels(env)
+        except ValueError as e:
+            from .errors import InputError
+
+            raise InputError(f"{MAX_PIXELS_ENV}: {e}") from None
+    return DEFAULT_MAX_PIXELS
+
+
+def _check_declared_size(path: Path, width: int, height: int, limit: int) -> None:
+    if width * height > limit:
+        raise ImageReadError(
+            path, f"image too large: {width} x {height} px declared ({width * height / 1e6:.0f} MP) "
+                  f"> limit {limit / 1e6:g} MP (--max-pixels)")
+
+
+def declared_size(path: str | Path) -> tuple[int, int] | None:
+    """``(width, height)`` from a PNG / JPEG / TIFF / BMP header, without decoding pixels (None
+    when no header can be read: the decoder then says what is wrong)."""
+    from PIL import BmpImagePlugin, JpegImagePlugin, PngImagePlugin, TiffImagePlugin
+
+    # The plugins' classes parse the header only; PIL.Image.open would add its own
+    # decompression-bomb error (above ~179 MP), without the width and height.
+    readers = (PngImagePlugin.PngImageFile, JpegImagePlugin.JpegImageFile,
+               TiffImagePlugin.TiffImageFile, BmpImagePlugin.BmpImageFile)
+    try:
+        with open(path, "rb") as f:
+            for cls in readers:
+                f.seek(0)
+                try:
+                    w, h = cls(f).size
+                except Exception:  # noqa: BLE001 - not this format, or a broken header
+                    continue
+                return int(w), int(h)
+    except OSError:
+        return None
+    return None
+
+
+@contextlib.contextmanager
+def quiet_decoder() -> Iterator[list[str]]:
+    """Run a decoder with stderr (file descriptor 2) captured: libpng and OpenCV print there
+    directly. Yields a list that receives the captured lines when the block ends."""
+    lines: list[str] = []
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no usable fd 2 (embedded interpreters): nothing to hide
+        yield lines
+        return
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield lines
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            lines.extend(x.strip() for x in sink.read(8192).decode("utf-8", "replace").splitlines()
+                         if x.strip())
+
+
+def _decoder_detail(lines: list[str]) -> str:
+    """The decoder's own words for a failure (``libpng error: IDAT: CRC error``), one line."""
+    if not lines:
+        return ""
+    first = next((x for x in lines if "error" in x.lower()), lines[0])
+    # "[ WARN:0@0.05] global grfmt_png.cpp:793 readFromStreamOrBuffer PNG input ..." -> "PNG input ..."
+    text = re.sub(r"^\[\s*\w+:[^\]]*\]\s*(global\s+\S+\s+\S+\s+)?", "", first)
+    return "; " + text[:160]
+
+
+def _read_raster(path: Path, max_pixels: int | None = None) -> Radiograph:
     import cv2
 
-    data = np.fromfile(str(path), dtype=np.uint8)
-    if data.size == 0:
+    if path.stat().st_size == 0:
         raise ImageReadError(path, "empty file (0 bytes)")
+    limit = max_pixels_limit(max_pixels)
+    size = declared_size(path)
+    if size is not None:
+        _check_declared_size(path, *size, limit)
+    data = np.fromfile(str(path), dtype=np.uint8)
     suffix = path.suffix.lower()
-    if suffix in (".tif", ".tiff"):
-        ok, pages = cv2.imdecodemulti(data, cv2.IMREAD_UNCHANGED)
-        if ok and len(pages) > 1:
-            raise ImageReadError(path, f"multi-page TIFF ({len(pages)} pages, a 3-D volume); "
-                                       "a single 2-D radiograph is needed")
-    arr = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    with quiet_decoder() as said:
+        try:
+            pages = None
+            if suffix in (".tif", ".tiff"):
+                ok, pages = cv2.imdecodemulti(data, cv2.IMREAD_UNCHANGED)
+            arr = None if pages is not None and len(pages) > 1 else \
+                cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+        except cv2.error:  # OpenCV's own size limit and assertions: a multi-line message
+            arr = None
+    if pages is not None and len(pages) > 1:
+        raise ImageReadError(path, f"multi-page TIFF ({len(pages)} pages, a 3-D volume); "
+                                   "a single 2-D radiograph is needed")
     if arr is None:
-        raise ImageReadError(path, "not an image (unreadable or unsupported format)")
+        raise ImageReadError(path, "not an image (unreadable or unsupported format"
+                                   f"{_decoder_detail(said)})")
+    _check_declared_size(path, arr.shape[1], arr.shape[0], limit)
     bits = 8 * arr.dtype.itemsize if arr.dtype.kind in "ui" else 32
     fmt = {".jpg": "jpeg", ".tif": "tiff"}.get(suffix, suffix.lstrip("."))
     return _finish(str(path), arr, RadiographMeta(source=str(path), format=fmt, bits=bits))
@@ -217,7 +335,7 @@ def _laterality(ds) -> str | None:
     return None
 
 
-def _read_dicom(path: Path, keep_patient_name: bool) -> Radiograph:
+def _read_dicom(path: Path, keep_patient_name: bool, max_pixels: int | None = None) -> Radiograph:
     import pydicom
     from pydicom.errors import InvalidDicomError
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
@@ -242,6 +360,11 @@ def _read_dicom(path: Path, keep_patient_name: bool) -> Radiograph:
     if laterality == "B":
         raise ImageReadError(path, "both hands in one image (DICOM laterality B); one hand per "
                                    "image is needed: send the left hand alone")
+    try:
+        rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    except (TypeError, ValueError):
+        rows = cols = 0
+    _check_declared_size(path, cols, rows, max_pixels_limit(max_pixels))
     try:
         arr = ds.pixel_array
     except Exception as e:
@@ -279,20 +402,27 @@ def _read_dicom(path: Path, keep_patient_name: bool) -> Radiograph:
 
 
 # --------------------------------------------------------------------------------------------
-def read_radiograph(path: str | Path, keep_patient_name: bool = False) -> Radiograph:
-    """Read one radiograph file into the float32 ``[0, 1]`` convention."""
+def read_radiograph(path: str | Path, keep_patient_name: bool = False,
+                    max_pixels: int | None = None) -> Radiograph:
+    """Read one radiograph file into the float32 ``[0, 1]`` convention.
+
+    ``max_pixels``: refuse images declaring more pixels (default: see :func:`max_pixels_limit`).
+    """
     path = Path(path)
     if not path.exists():
-        raise ImageReadError(path, "no such file")
+        raise ImageReadError(path, "no such file" if not path.is_symlink()
+                             else "broken symbolic link (its target does not exist)")
     if path.is_dir():
         raise ImageReadError(path, "is a folder, not an image file")
+    if not path.is_file():
+        raise ImageReadError(path, "not a regular file (a pipe, socket or device)")
     if is_dicom_file(path):
-        return _read_dicom(path, keep_patient_name)
+        return _read_dicom(path, keep_patient_name, max_pixels)
     if path.suffix.lower() in RASTER_SUFFIXES:
-        return _read_raster(path)
+        return _read_raster(path, max_pixels)
     # Unknown suffix: try as a raster image, then fail with a clear reason.
     try:
-        return _read_raster(path)
+        return _read_raster(path, max_pixels)
     except ImageReadError as e:
         if e.reason.startswith("not an image"):
             raise ImageReadError(

@@ -14,8 +14,10 @@ from pydicom.data import get_testdata_file
 from precise_baa.errors import ImageReadError
 from precise_baa.imaging import (
     as_radiograph,
+    declared_size,
     is_candidate,
     parse_dicom_age,
+    parse_max_pixels,
     read_radiograph,
     save_png,
 )
@@ -93,6 +95,103 @@ def test_missing_and_folder(tmp_path):
         read_radiograph(tmp_path / "nope.png")
     with pytest.raises(ImageReadError, match="folder"):
         read_radiograph(tmp_path)
+
+
+def png_header_only(path: Path, width: int, height: int) -> Path:
+    """A PNG declaring ``width`` x ``height`` (IHDR) with a few bytes of a cut IDAT."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 999)[:12]))
+    return path
+
+
+def test_decompression_bomb_is_refused_from_its_header(tmp_path, capfd):
+    bomb = png_header_only(tmp_path / "bomb.png", 60000, 60000)
+    assert bomb.stat().st_size < 100 and declared_size(bomb) == (60000, 60000)
+    with pytest.raises(ImageReadError) as e:
+        read_radiograph(bomb)
+    assert e.value.reason == ("image too large: 60000 x 60000 px declared (3600 MP) > limit 100 MP "
+                              "(--max-pixels)")
+    # the limit is configurable: per call, or by environment
+    small = tmp_path / "small.png"
+    cv2.imwrite(str(small), gradient(100, 120))
+    assert read_radiograph(small, max_pixels=12000).shape == (100, 120)
+    with pytest.raises(ImageReadError, match=r"120 x 100 px declared \(0 MP\) > limit 0.01 MP"):
+        read_radiograph(small, max_pixels=10000)
+    for suffix in (".jpg", ".tif", ".bmp"):
+        other = tmp_path / f"small{suffix}"
+        cv2.imwrite(str(other), gradient(100, 120))
+        assert declared_size(other) == (120, 100)
+        with pytest.raises(ImageReadError, match="image too large"):
+            read_radiograph(other, max_pixels=10000)
+    assert parse_max_pixels("100M") == 100_000_000 and parse_max_pixels("2.5e6") == 2_500_000
+    for bad in ("0", "-3", "lots", "nan"):
+        with pytest.raises(ValueError):
+            parse_max_pixels(bad)
+    assert capfd.readouterr().err == ""
+
+
+def test_max_pixels_from_environment(tmp_path, monkeypatch):
+    small = tmp_path / "small.png"
+    cv2.imwrite(str(small), gradient(100, 120))
+    monkeypatch.setenv("PRECISE_BAA_MAX_PIXELS", "0.01M")
+    with pytest.raises(ImageReadError, match="limit 0.01 MP"):
+        read_radiograph(small)
+    assert read_radiograph(small, max_pixels=10**6).shape == (100, 120)  # the argument wins
+
+
+def test_broken_files_are_read_quietly_with_the_decoders_reason(tmp_path, capfd):
+    """libpng and OpenCV print on stderr by themselves; their words go into the reason."""
+    good = tmp_path / "good.png"
+    cv2.imwrite(str(good), (np.random.default_rng(0).random((200, 200)) * 255).astype(np.uint8))
+    data = good.read_bytes()
+    (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
+    crc = bytearray(data)
+    crc[100:110] = b"\xff" * 10
+    (tmp_path / "crc.png").write_bytes(bytes(crc))
+    reasons = {}
+    for name in ("cut.png", "crc.png"):
+        with pytest.raises(ImageReadError) as e:
+            read_radiograph(tmp_path / name)
+        reasons[name] = e.value.reason
+        assert e.value.reason.startswith("not an image") and "\n" not in e.value.reason
+    assert "CRC error" in reasons["crc.png"] and "incomplete" in reasons["cut.png"]
+    assert capfd.readouterr().err == ""
+    assert read_radiograph(good).shape == (200, 200)  # stderr is given back afterwards
+    import sys
+
+    print("still here", file=sys.stderr)
+    assert capfd.readouterr().err == "still here\n"
+
+
+def test_dicom_declared_size_is_checked_before_decoding(tmp_path):
+    px = gradient(96, 96, np.uint16, 4000)
+    path = make_dicom(tmp_path / "big.dcm", px)
+    assert read_radiograph(path).shape == (96, 96)
+    with pytest.raises(ImageReadError, match="image too large: 96 x 96 px declared"):
+        read_radiograph(path, max_pixels=96 * 95)
+    ds = pydicom.dcmread(path)
+    ds.Rows = ds.Columns = 60000  # a header that lies: refused before pixel_array
+    ds.save_as(path)
+    with pytest.raises(ImageReadError, match="60000 x 60000 px declared"):
+        read_radiograph(path)
+
+
+def test_pipes_and_broken_links_are_not_read(tmp_path):
+    import os
+
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    with pytest.raises(ImageReadError, match="not a regular file"):
+        read_radiograph(fifo)
+    (tmp_path / "dangling.png").symlink_to(tmp_path / "gone.png")
+    with pytest.raises(ImageReadError, match="broken symbolic link"):
+        read_radiograph(tmp_path / "dangling.png")
 
 
 def test_multipage_tiff_is_a_volume(tmp_path):
