@@ -129,20 +129,50 @@ def test_bone_age_loss_terms():
         bone_age_loss(mix, right, sex, scorer)
     c_peak = bone_age_loss(out, right, sex, scorer, concentration_weight=1.0) - \
         bone_age_loss(out, right, sex, scorer)
-    assert float(c_mix) > 10 * float(c_peak) + 1.0
-    # the hand prior: zero when every bone sits at the level the label implies (all fused at
-    # the adult end of the curve), about one when one bone is at stage 0 instead
+    assert float(c_mix.detach()) > 10 * float(c_peak.detach()) + 1.0
+    # the hand prior: at its least when every bone sits at the level the label implies (all
+    # fused at the adult end of the curve); one bone at stage 0 instead costs about one (l2:
+    # its fraction is 1 away) or much more (soft: cross entropy with the fused stage)
     adult = _toy_out([99], peak=40.0)
     end = torch.tensor([scorer.age_range("F")[1]])
     assert float(scorer.level(end.double(), sex)) == pytest.approx(1.0)
-    for target in ("label", "mean"):
-        assert float(bone_age_loss(adult, end, sex, scorer, prior_weight=1.0,
-                                   prior_target=target)) < 1e-6
+
+    def prior(o, kind):
+        with torch.no_grad():
+            return float(bone_age_loss(o, end, sex, scorer, prior_weight=1.0, prior=kind)
+                         - bone_age_loss(o, end, sex, scorer))
+
+    fused = {k: prior(adult, k) for k in ("l2", "soft")}
     adult.logits[0].data[:] = torch.zeros_like(adult.logits[0])
     adult.logits[0].data[:, 0] = 40.0
-    prior = bone_age_loss(adult, end, sex, scorer, prior_weight=1.0) - \
-        bone_age_loss(adult, end, sex, scorer)
-    assert float(prior) == pytest.approx(1.0, abs=1e-3)
+    assert fused["l2"] < 1e-6 and prior(adult, "l2") == pytest.approx(1.0, abs=1e-3)
+    assert prior(adult, "soft") > fused["soft"] + 1.0
+    with pytest.raises(ValueError, match="hand prior 'x'"):
+        bone_age_loss(adult, end, sex, scorer, prior_weight=1.0, prior="x")
+
+
+def test_soft_prior_prefers_the_stage_at_the_level():
+    """Per bone, the soft prior is least for the stage whose points fraction is nearest the
+    level the bone age implies, and grows with the distance from it."""
+    from precise_baa.grade.train import bone_age_loss
+
+    scorer = DifferentiableScorer("rus-chn")
+    for age, sex_i in ((6.0, 1), (12.0, 0)):
+        ages, sex = torch.tensor([age]), torch.tensor([sex_i])
+        level = float(scorer.level(ages, sex))
+        for i in (0, 5, 12):
+            frac = (scorer.points(i)[sex_i] / scorer.points(i)[sex_i, -1]).numpy()
+            costs = []
+            for j in range(len(frac)):
+                out = _toy_out([0], peak=30.0)
+                out.logits[i].data[:] = -30.0
+                out.logits[i].data[0, j] = 30.0
+                with torch.no_grad():
+                    costs.append(float(bone_age_loss(out, ages, sex, scorer, prior_weight=1.0)
+                                       - bone_age_loss(out, ages, sex, scorer)))
+            best = int(np.argmin(costs))
+            assert best == int(np.argmin(np.abs(frac - level)))
+            assert costs[0] > costs[best] and costs[-1] > costs[best] or best in (0, len(frac) - 1)
 
 
 # --------------------------------------------------------------------------------------------

@@ -63,18 +63,19 @@ class GradeTraining(_Settings):
     #: to the stage details (growth plates, caps), and ROI crops of real radiographs are
     #: downsampled from large images, so sharp rather than soft
     photometric: Photometric = GRADE_PHOTOMETRIC
-    #: training from bone ages (``--supervision bone-age`` / ``mixed``): the loss is Huber
-    #: (delta ``age_huber_delta`` years) between the bone age of the expected stages (stage 4
-    #: in torch) and the label, times ``age_weight``; ``hand_prior_weight`` ties each ROI's
-    #: expected maturity fraction (points / top points) to the hand's level, and
-    #: ``concentration_weight`` penalises the variance of each ROI's stage distribution (in
-    #: stages), so heads stay peaked on neighbouring stages instead of mixing far ones
+    #: training from bone ages (``--supervision bone-age`` / ``mixed``, see
+    #: precise_baa.grade.train.bone_age_loss): Huber (delta ``age_huber_delta`` years) between
+    #: the bone age of the expected stages (stage 4 in torch) and the label, times
+    #: ``age_weight``; the hand prior (``hand_prior_weight``) holds each ROI near the maturity
+    #: level the label implies: ``soft`` a cross entropy with the stages of a bone spread
+    #: ``hand_prior_sd`` (points fraction) around it, ``l2`` the squared distance of its
+    #: expected fraction; ``concentration_weight`` penalises the variance of each ROI's stage
+    #: distribution (in stages), so heads stay peaked instead of mixing far stages
     age_weight: float = Field(1.0, ge=0)
     age_huber_delta: float = Field(1.0, gt=0)
-    hand_prior_weight: float = Field(2.0, ge=0)
-    #: the hand's level the prior ties each ROI to: the one the bone-age label implies (P50
-    #: score at that age / top total score) or the mean of the ROIs' predicted fractions
-    hand_prior_target: Literal["label", "mean"] = "label"
+    hand_prior_weight: float = Field(1.0, ge=0)
+    hand_prior: Literal["soft", "l2"] = "soft"
+    hand_prior_sd: float = Field(0.05, gt=0, le=1)
     concentration_weight: float = Field(0.05, ge=0)
 
     @model_validator(mode="before")
@@ -118,6 +119,9 @@ class GradeRecipe(Recipe):
     pretrained: bool = False
     #: most radiographs per forward pass at inference (13 crops each)
     max_batch: int = Field(32, ge=1)
+    #: what runs the network at inference: PyTorch, or ONNX Runtime on the weights folder's
+    #: exported model.onnx (``precise-baa export WEIGHTS --format onnx``; needs the [onnx] extra)
+    runtime: Literal["torch", "onnxruntime"] = "torch"
     training: GradeTraining = GradeTraining()
 
     @model_validator(mode="after")

@@ -109,18 +109,20 @@ def grade_loss(out: GraderOutput, labels: torch.Tensor, weights: Sequence[torch.
 
 def bone_age_loss(out: GraderOutput, ages: torch.Tensor, sex: torch.Tensor,
                   scorer: DifferentiableScorer, *, delta: float = 1.0,
-                  prior_weight: float = 0.0, concentration_weight: float = 0.0,
-                  prior_target: str = "label") -> torch.Tensor:
+                  prior_weight: float = 0.0, prior: str = "soft", prior_sd: float = 0.05,
+                  concentration_weight: float = 0.0) -> torch.Tensor:
     """Huber between the bone age of the heads' stage probabilities and ``ages`` (years), plus:
 
-    - the hand prior, ``prior_weight`` x the squared distance of each ROI's expected maturity
-      fraction (expected points / top-stage points) from the hand's level, summed over ROIs.
-      One scalar per image cannot say which bone carries the maturity; bones of one hand
-      mature together (what atlas methods rely on), so each bone is held near the hand's level
-      and its own crop decides how far it departs from it. The level is the one the label
-      implies (``prior_target="label"``: the P50 score at the bone age over the top total, so
-      that every bone at it scores exactly the label) or the mean of the predicted fractions
-      (``"mean"``);
+    - the hand prior, ``prior_weight`` x a penalty on each ROI straying from the hand's level,
+      the maturity fraction (points / top points) the label implies (the P50 score at the bone
+      age over the top total: every bone at that fraction scores exactly the label). One
+      scalar per image cannot say which bone carries the maturity; bones of one hand mature
+      together (what atlas methods rely on), so each bone is held near the hand's level and
+      its own crop decides how far it departs from it. ``prior="soft"``: cross entropy with
+      the stage distribution of a bone whose fraction is spread around the level with sd
+      ``prior_sd`` (each stage weighted by ``exp(-(its fraction - level)^2 / 2 sd^2)``;
+      unimodal, ordinal targets, as label-distribution learning does for ages); ``"l2"``: the
+      squared distance of the expected fraction from the level, summed over ROIs;
     - concentration, ``concentration_weight`` x the variance (in stages) of each ROI's stage
       distribution: expected points are linear in the probabilities, so a mixture of a low and
       a high stage would score like the middle one; the variance keeps the heads unimodal on
@@ -132,10 +134,20 @@ def bone_age_loss(out: GraderOutput, ages: torch.Tensor, sex: torch.Tensor,
     pred = scorer(probs, sex)
     loss = F.huber_loss(pred, ages.float(), delta=delta)
     if prior_weight:
-        frac = scorer.fractions(probs, sex)
-        level = scorer.level(ages.to(frac.dtype), sex)[:, None] if prior_target == "label" \
-            else frac.mean(1, keepdim=True)
-        loss = loss + prior_weight * (frac - level).pow(2).sum(1).mean()
+        level = scorer.level(ages.float(), sex)
+        if prior == "l2":
+            frac = scorer.fractions(probs, sex)
+            loss = loss + prior_weight * (frac - level[:, None]).pow(2).sum(1).mean()
+        elif prior == "soft":
+            terms = []
+            for i, lg in enumerate(out.logits):
+                table = scorer.points(i).to(level.dtype)[sex.long()]  # [B, stages]
+                frac = table / table[:, -1:]
+                target = (-(frac - level[:, None]).pow(2) / (2 * prior_sd ** 2)).softmax(-1)
+                terms.append(-(target * lg.float().log_softmax(-1)).sum(-1).mean())
+            loss = loss + prior_weight * torch.stack(terms).mean()
+        else:
+            raise ValueError(f"hand prior {prior!r}: use soft or l2")
     if concentration_weight:
         var = []
         for p in probs:
@@ -415,8 +427,8 @@ def train_grader(
                 sub = GraderOutput([lg[m] for lg in out.logits], None)
                 age_term = bone_age_loss(sub, ages[m], sex[m], scorer, delta=t.age_huber_delta,
                                          prior_weight=t.hand_prior_weight,
-                                         concentration_weight=t.concentration_weight,
-                                         prior_target=t.hand_prior_target)
+                                         prior=t.hand_prior, prior_sd=t.hand_prior_sd,
+                                         concentration_weight=t.concentration_weight)
                 # each term is a mean over its own images (stage loss: 0 without stages)
                 loss = loss + t.age_weight * age_term
         return loss
