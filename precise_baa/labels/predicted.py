@@ -60,12 +60,13 @@ class Predicted:
         return min(self.scores.values()) if self.scores else 0.0
 
 
-def _stage_id(stage: object, ref: str | Path | None) -> str | None:
+def _stage_id(ref: str | Path | None) -> str | None:
     """What identifies a stage's output in the cache: its weights' sha256 (or the path)."""
     if ref is None:
         return None
-    info = getattr(stage, "info", None)
-    return getattr(info, "sha256", None) or str(ref)
+    from ..weights import read_card
+
+    return read_card(ref).get("sha256") or str(ref)
 
 
 def _stamp(path: Path) -> list[int]:
@@ -122,9 +123,7 @@ def predict_masks_and_boxes(
     need_seg = any(m is None for m in given)
     if need_seg and segment is None:
         segment = DEFAULT_SEGMENTER
-    segmenter = load_stage("segment", weights=segment, device=device) if need_seg else None
-    detector = load_stage("detect", weights=detect, device=device) if detect is not None else None
-    key = {"segment": _stage_id(segmenter, segment), "detect": _stage_id(detector, detect)}
+    key = {"segment": _stage_id(segment if need_seg else None), "detect": _stage_id(detect)}
 
     cache_file = out_dir / CACHE
     cached: dict[str, dict] = {}
@@ -159,6 +158,10 @@ def predict_masks_and_boxes(
 
     from tqdm.auto import tqdm
 
+    segmenter = load_stage("segment", weights=segment, device=device) \
+        if need_seg and todo else None
+    detector = load_stage("detect", weights=detect, device=device) \
+        if detect is not None and todo else None
     params = CleanupParams()
     bar = tqdm(total=len(todo), disable=not progress or not todo, unit="img", desc="predicting labels")
     for start in range(0, len(todo), batch_size):
