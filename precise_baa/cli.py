@@ -23,6 +23,7 @@ _CONTRIBUTORS = (
     "precise_baa.grade.cli",
     "precise_baa.labels.cli",
     "precise_baa.dicom.cli",
+    "precise_baa.runtime.cli",
 )
 
 

@@ -10,19 +10,25 @@ gets a learned "missing" token in its place, masked out of the attention keys, s
 ROIs are graded from what is there; the ROI is left out of ``Grades.probabilities`` (no
 guessed stage, no uniform placeholder) and a ``roi_not_graded`` flag names it. Scoring needs
 all 13 stages, so the pipeline rejects such a radiograph unless told otherwise.
+
+``runtime: onnxruntime`` in the recipe runs the weights folder's exported ``model.onnx``
+(:mod:`precise_baa.runtime`) in place of the PyTorch forward; cropping, softmax and the
+result are the same code. The exported graph (:class:`GraderGraph`) encodes all 13 crops and
+puts the "missing" token where ``present`` is False (a fixed-shape graph), which gives the
+same outputs as :class:`~precise_baa.grade.models.GraderNet`, which skips those crops.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from ..crops import crop_rois, present_mask
-from ..errors import InputError
+from ..errors import InputError, RecipeError, WeightsError
 from ..interfaces import Grades
 from ..rois import ROI_BY_KEY, ROI_KEYS, stage_counts
 from ..schemas import Box, Flag, ModelInfo, parse_sex
@@ -31,7 +37,12 @@ from ..weights import restore, save_weights
 from .models import GraderNet, build_model
 from .recipes import GradeRecipe
 
+if TYPE_CHECKING:
+    from ..runtime.session import ExportGraph, OnnxModel
+
 SEX_INDEX = {"F": 0, "M": 1}
+#: the exported graph's inputs; outputs are ``logits_<roi>`` per ROI (+ ``attention``)
+ONNX_INPUTS = ("crops", "sex", "present")
 
 
 def sex_index(sex: object) -> int:
@@ -46,13 +57,16 @@ class RoiGrader:
     them through the network in as few forward passes as ``recipe.max_batch`` allows.
     """
 
-    def __init__(self, model: GraderNet, recipe: GradeRecipe, *, device: str | None = None,
-                 info: ModelInfo | None = None):
+    def __init__(self, model: GraderNet | None, recipe: GradeRecipe, *, device: str | None = None,
+                 info: ModelInfo | None = None, onnx: OnnxModel | None = None):
+        if model is None and onnx is None:
+            raise ValueError("RoiGrader needs a torch model or an ONNX model")
         self.recipe = recipe
         self.standard: str = recipe.standard
         self.device = pick_device(device)
-        self.model = model.to(self.device).eval()
-        if self.device.startswith("cuda"):
+        self.onnx = onnx
+        self.model = None if model is None else model.to(self.device).eval()
+        if self.model is not None and self.device.startswith("cuda"):
             self.model = self.model.to(memory_format=torch.channels_last)
         self.info = info or ModelInfo(stage="grade", implementation=recipe.implementation,
                                       name=recipe.name or recipe.implementation)
@@ -64,19 +78,56 @@ class RoiGrader:
         """Build the recipe's network; load ``weights`` (a weights folder) into it if given.
 
         With ``weights`` the network is built without ImageNet weights (never a download:
-        the trained tensors replace them anyway).
+        the trained tensors replace them anyway). With ``runtime: onnxruntime`` the folder's
+        exported ``model.onnx`` is loaded instead (checked against its card).
         """
+        if recipe.runtime == "onnxruntime":
+            from ..runtime.session import OnnxModel, onnx_info
+
+            if weights is None:
+                raise RecipeError("grade: runtime: onnxruntime runs an exported weights folder; "
+                                  "give its weights (precise-baa export WEIGHTS --format onnx)")
+            device = pick_device(device)
+            onnx = OnnxModel(weights, device=device, expect_inputs=ONNX_INPUTS)
+            expected = onnx_outputs(recipe)
+            if onnx.output_names != list(expected):
+                raise WeightsError(f"{onnx.path}: outputs {onnx.output_names[:3]}... do not fit "
+                                   f"the recipe ({expected[0]}, ...); export again")
+            info = onnx_info(weights, onnx.card, stage="grade",
+                             implementation=recipe.implementation, name=recipe.name)
+            return cls(None, recipe, device=device, info=info, onnx=onnx)
         model = build_model(recipe.model_copy(update={"pretrained": False}) if weights else recipe)
         info = None
         if weights is not None:
             info = restore(model, weights, stage="grade", implementation=recipe.implementation, name=recipe.name)
         return cls(model, recipe, device=device, info=info)
 
+    def _torch_model(self, what: str) -> GraderNet:
+        if self.model is None:
+            raise WeightsError(f"{what} needs the PyTorch network; this grader runs an ONNX "
+                               "export: load the weights folder with runtime: torch")
+        return self.model
+
     def save_pretrained(self, out_dir: str | Path, card: dict[str, Any] | None = None,
                         half: bool = False) -> Path:
         """Write a weights folder (safetensors + recipe + card) that ``load_stage`` rebuilds."""
-        return save_weights(out_dir, self.model.state_dict(), self.recipe,
+        return save_weights(out_dir, self._torch_model("saving").state_dict(), self.recipe,
                             card={**input_card(self.recipe), **(card or {})}, half=half)
+
+    def export_graph(self) -> ExportGraph:
+        """The network for ``precise-baa export``: ``crops [B, 13, S, S]`` float, ``sex [B]``
+        int64, ``present [B, 13]`` bool -> 13 logits ``[B, stages]`` (+ attention ``[B, 13, 13]``)."""
+        from ..runtime.session import ExportGraph
+
+        model = self._torch_model("exporting").to("cpu").float().eval()
+        s, n = self.recipe.crop_size, len(ROI_KEYS)
+        rng = np.random.default_rng(0)
+        crops = torch.from_numpy(rng.random((2, n, s, s), dtype=np.float32))
+        present = torch.ones(2, n, dtype=torch.bool)
+        present[1, 3] = False
+        sex = torch.tensor([0, 1], dtype=torch.long)
+        return ExportGraph(GraderGraph(model).eval(), (crops, sex, present), ONNX_INPUTS,
+                           onnx_outputs(self.recipe))
 
     # ------------------------------------------------------------------ inference
     def crops(self, images: Sequence[np.ndarray], boxes: Sequence[Mapping[str, Box | None]]
@@ -90,6 +141,22 @@ class RoiGrader:
             np.zeros((0, len(ROI_KEYS)), bool)
         return crops, present
 
+    def forward(self, crops: np.ndarray, sexes: np.ndarray, present: np.ndarray
+                ) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+        """The forward pass: 13 logits ``[B, stages]`` and attention ``[B, 13, 13]`` (or None),
+        from the PyTorch network or the ONNX export (then as CPU tensors)."""
+        if self.onnx is not None:
+            outs = self.onnx.run(crops=crops, sex=sexes.astype(np.int64),
+                                 present=present.astype(bool))
+            logits = [torch.from_numpy(o) for o in outs[:len(ROI_KEYS)]]
+            att = torch.from_numpy(outs[len(ROI_KEYS)]) if len(outs) > len(ROI_KEYS) else None
+            return logits, att
+        x = torch.from_numpy(crops).to(self.device)
+        sex = torch.as_tensor(sexes, dtype=torch.long, device=self.device)
+        pres = torch.from_numpy(present).to(self.device)
+        out = self.model(x, sex, pres)
+        return list(out.logits), out.attention
+
     def predict_crops(self, crops: np.ndarray, sexes: Sequence[int], present: np.ndarray
                       ) -> tuple[list[np.ndarray], np.ndarray | None]:
         """Probabilities ``13 x [B, stages]`` and attention ``[B, 13, 13]`` (None without it).
@@ -97,25 +164,26 @@ class RoiGrader:
         Rows whose ``present`` is all False must not be passed (there is nothing to grade).
         """
         model = self.model
-        was_training = model.training
-        model.eval()
+        was_training = model.training if model is not None else False
+        if model is not None:
+            model.eval()
         probs: list[list[np.ndarray]] = [[] for _ in ROI_KEYS]
         atts: list[np.ndarray] = []
         step = self.recipe.max_batch
         try:
             with torch.inference_mode():
                 for s in range(0, len(crops), step):
-                    x = torch.from_numpy(np.ascontiguousarray(crops[s:s + step])).to(self.device)
-                    sex = torch.as_tensor(np.asarray(sexes[s:s + step]), dtype=torch.long,
-                                          device=self.device)
-                    pres = torch.from_numpy(np.asarray(present[s:s + step])).to(self.device)
-                    out = model(x, sex, pres)
-                    for i, logit in enumerate(out.logits):
+                    logits, attention = self.forward(
+                        np.ascontiguousarray(crops[s:s + step], dtype=np.float32),
+                        np.asarray(sexes[s:s + step], dtype=np.int64),
+                        np.ascontiguousarray(present[s:s + step], dtype=bool))
+                    for i, logit in enumerate(logits):
                         probs[i].append(logit.float().softmax(-1).cpu().numpy())
-                    if out.attention is not None:
-                        atts.append(out.attention.float().cpu().numpy())
+                    if attention is not None:
+                        atts.append(attention.float().cpu().numpy())
         finally:
-            model.train(was_training)
+            if model is not None:
+                model.train(was_training)
         counts = stage_counts(self.standard)
         stacked = [np.concatenate(p) if p else np.zeros((0, counts[k]), np.float32)
                    for p, k in zip(probs, ROI_KEYS)]
@@ -150,6 +218,41 @@ class RoiGrader:
                 flags=flags,
             ))
         return out
+
+
+def onnx_outputs(recipe: GradeRecipe) -> tuple[str, ...]:
+    """The exported graph's output names: ``logits_<roi>`` in ROI order (+ ``attention``)."""
+    names = tuple(f"logits_{k}" for k in ROI_KEYS)
+    return names + (("attention",) if recipe.roi_attention else ())
+
+
+class GraderGraph(torch.nn.Module):
+    """:class:`GraderNet`'s forward as a fixed-shape graph for export (no data-dependent shapes).
+
+    Every crop is encoded (the encoder is per-crop in eval mode, so the present ones get the
+    same features); where ``present`` is False the token is the learned "missing" token and the
+    key is masked, as in ``GraderNet``. Returns the 13 logits (+ the attention map).
+    """
+
+    def __init__(self, net: GraderNet):
+        super().__init__()
+        self.net = net
+
+    def forward(self, crops: torch.Tensor, sex: torch.Tensor, present: torch.Tensor):
+        net = self.net
+        b, n, h, w = crops.shape
+        x = (crops.reshape(b * n, 1, h, w) - net.mean) / net.std
+        feats = net.embed(net.encoder(x))
+        tokens = torch.where(present.reshape(b * n, 1), feats, net.missing_token.to(feats.dtype))
+        tokens = tokens.reshape(b, n, -1) + net.roi_embed.to(feats.dtype)
+        if net.sex_embed is not None:
+            tokens = tokens + net.sex_embed(sex.long()).to(feats.dtype)[:, None, :]
+        attention = None
+        for block in net.blocks:
+            tokens, attention = block(tokens, present)
+        tokens = net.head_drop(net.norm(tokens))
+        logits = tuple(head(tokens[:, i]) for i, head in enumerate(net.heads))
+        return logits + ((attention,) if attention is not None else ())
 
 
 def input_card(recipe: GradeRecipe) -> dict[str, Any]:

@@ -159,6 +159,9 @@ class UnetRecipe(SegmentRecipe):
     std: float = Field(0.226, gt=0)
     #: most images per forward pass at inference
     max_batch: int = Field(8, ge=1)
+    #: what runs the network at inference: PyTorch, or ONNX Runtime on the weights folder's
+    #: exported model.onnx (``precise-baa export WEIGHTS --format onnx``; needs the [onnx] extra)
+    runtime: Literal["torch", "onnxruntime"] = "torch"
     training: SegmentTraining = SegmentTraining()
 
     @model_validator(mode="after")

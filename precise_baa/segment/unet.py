@@ -7,13 +7,16 @@ encoder's stride), and the probability map is cut and resized back to the origin
 >>> seg = load_stage("segment", weights="weights/segment-unet-lite")  # doctest: +SKIP
 >>> r = seg.segment([image])[0]                                       # doctest: +SKIP
 >>> r.mask.shape == image.shape, r.crop_box, r.rejected                # doctest: +SKIP
+
+``runtime: onnxruntime`` in the recipe runs the weights folder's exported ``model.onnx``
+(:mod:`precise_baa.runtime`) in place of the PyTorch forward; everything around it is the same.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -24,6 +27,13 @@ from ..training import pick_device
 from ..weights import restore, save_weights
 from .base import BaseSegmenter, letterbox, unletterbox
 from .recipes import UnetRecipe
+
+if TYPE_CHECKING:
+    from ..runtime.session import ExportGraph, OnnxModel
+
+#: the exported graph's input and output names
+ONNX_INPUTS = ("image",)
+ONNX_OUTPUTS = ("logits",)
 
 
 def build_unet(recipe: UnetRecipe, *, pretrained: bool = True) -> torch.nn.Module:
@@ -77,15 +87,23 @@ def normalise_canvas(canvas: np.ndarray, recipe: UnetRecipe) -> np.ndarray:
 
 
 class UnetSegmenter(BaseSegmenter):
-    """Palm segmentation with a U-Net; batches of ``recipe.max_batch`` images per forward pass."""
+    """Palm segmentation with a U-Net; batches of ``recipe.max_batch`` images per forward pass.
 
-    def __init__(self, model: torch.nn.Module, recipe: UnetRecipe, *, device: str | None = None,
-                 info: ModelInfo | None = None):
+    The forward pass runs ``model`` (PyTorch) or, when given, ``onnx`` (the exported network
+    in ONNX Runtime; ``model`` is then None): see :meth:`logits`.
+    """
+
+    def __init__(self, model: torch.nn.Module | None, recipe: UnetRecipe, *,
+                 device: str | None = None, info: ModelInfo | None = None,
+                 onnx: OnnxModel | None = None):
+        if model is None and onnx is None:
+            raise ValueError("UnetSegmenter needs a torch model or an ONNX model")
         self.recipe = recipe
         self.cleanup = recipe.cleanup.params()
         self.device = pick_device(device)
-        self.model = model.to(self.device).eval()
-        if self.device.startswith("cuda"):
+        self.onnx = onnx
+        self.model = None if model is None else model.to(self.device).eval()
+        if self.model is not None and self.device.startswith("cuda"):
             self.model = self.model.to(memory_format=torch.channels_last)
         self.info = info or ModelInfo(stage="segment", implementation="unet",
                                       name=recipe.name or "unet")
@@ -93,35 +111,75 @@ class UnetSegmenter(BaseSegmenter):
     @classmethod
     def from_recipe(cls, recipe: UnetRecipe, weights: str | Path | None = None,
                     device: str | None = None) -> UnetSegmenter:
-        """Build the recipe's network; load ``weights`` (a weights folder) into it if given."""
+        """Build the recipe's network; load ``weights`` (a weights folder) into it if given.
+
+        With ``runtime: onnxruntime`` the folder's exported ``model.onnx`` is loaded instead
+        (checked against its card); no PyTorch network is built.
+        """
+        if recipe.runtime == "onnxruntime":
+            from ..runtime.session import OnnxModel, onnx_info
+
+            if weights is None:
+                raise RecipeError("segment: runtime: onnxruntime runs an exported weights folder; "
+                                  "give its weights (precise-baa export WEIGHTS --format onnx)")
+            device = pick_device(device)
+            onnx = OnnxModel(weights, device=device, expect_inputs=ONNX_INPUTS)
+            info = onnx_info(weights, onnx.card, stage="segment", implementation="unet",
+                             name=recipe.name)
+            return cls(None, recipe, device=device, info=info, onnx=onnx)
         model = build_unet(recipe, pretrained=weights is None)
         info = None
         if weights is not None:
             info = restore(model, weights, stage="segment", implementation="unet", name=recipe.name)
         return cls(model, recipe, device=device, info=info)
 
+    def _torch_model(self, what: str) -> torch.nn.Module:
+        if self.model is None:
+            raise WeightsError(f"{what} needs the PyTorch network; this segmenter runs an ONNX "
+                               "export: load the weights folder with runtime: torch")
+        return self.model
+
     def save_pretrained(self, out_dir: str | Path, card: dict[str, Any] | None = None,
                         half: bool = False) -> Path:
         """Write a weights folder (safetensors + recipe + card) that ``load_stage`` rebuilds."""
-        return save_weights(out_dir, self.model.state_dict(), self.recipe,
+        return save_weights(out_dir, self._torch_model("saving").state_dict(), self.recipe,
                             card={**input_card(self.recipe), **(card or {})}, half=half)
+
+    def export_graph(self) -> ExportGraph:
+        """The network for ``precise-baa export``: ``image [B, 1, S, S]`` -> ``logits [B, 1, S, S]``."""
+        from ..runtime.session import ExportGraph
+
+        model = self._torch_model("exporting").to("cpu").float().eval()
+        s = self.recipe.input_size
+        example = torch.from_numpy(np.random.default_rng(0).normal(size=(2, 1, s, s))
+                                   .astype(np.float32))
+        return ExportGraph(model, (example,), ONNX_INPUTS, ONNX_OUTPUTS)
+
+    def logits(self, x: np.ndarray) -> torch.Tensor:
+        """The forward pass: ``[B, 1, S, S]`` network inputs -> ``[B, 1, S, S]`` logits (on
+        ``self.device`` for PyTorch, on the CPU for ONNX Runtime)."""
+        if self.onnx is not None:
+            return torch.from_numpy(self.onnx.run(image=x)[0])
+        t = torch.from_numpy(x).to(self.device, non_blocking=True)
+        if self.device.startswith("cuda"):
+            t = t.contiguous(memory_format=torch.channels_last)
+        return self.model(t)
 
     def predict_canvas(self, x: np.ndarray) -> np.ndarray:
         """Network inputs ``[B, 1, S, S]`` -> hand probabilities ``[B, S, S]`` (eval mode)."""
         model = self.model
-        was_training = model.training
-        model.eval()
+        was_training = model.training if model is not None else False
+        if model is not None:
+            model.eval()
         out = []
         try:
             with torch.inference_mode():
                 for s in range(0, len(x), self.recipe.max_batch):
-                    t = torch.from_numpy(np.ascontiguousarray(x[s:s + self.recipe.max_batch]))
-                    t = t.to(self.device, non_blocking=True)
-                    if self.device.startswith("cuda"):
-                        t = t.contiguous(memory_format=torch.channels_last)
-                    out.append(model(t)[:, 0].float().sigmoid().cpu().numpy())
+                    logits = self.logits(np.ascontiguousarray(x[s:s + self.recipe.max_batch]))
+                    out.append(logits[:, 0].float().sigmoid().cpu().numpy())
         finally:
-            model.train(was_training)
+            if model is not None:
+                model.train(was_training)
         return np.concatenate(out) if out else np.zeros((0, *x.shape[2:]), np.float32)
 
     def probabilities(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
