@@ -38,11 +38,16 @@ MIRRORED_NOTICE = ("right hand (DICOM laterality R): mirrored and assessed as a 
 
 
 class StageRef(BaseModel):
-    """One stage of a pipeline: a recipe (fresh weights) and/or a trained weights folder."""
+    """One stage of a pipeline: a recipe (fresh weights) and/or a trained weights folder.
+
+    ``runtime`` (optional) sets the stage recipe's ``runtime`` field: ``onnxruntime`` runs the
+    weights folder's exported network (``precise-baa export``); unset, the recipe decides.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     recipe: str | None = None
     weights: str | None = None
+    runtime: Literal["torch", "onnxruntime"] | None = None
 
     @model_validator(mode="after")
     def _one_of(self):
@@ -177,6 +182,10 @@ class Pipeline:
         for stage, ref in refs.items():
             r = str(resolve(ref.recipe, base)) if ref.recipe else None
             w = str(resolve(ref.weights, base)) if ref.weights else None
+            if ref.runtime is not None:  # the stage's recipe with its runtime field set
+                from .runtime import with_runtime
+
+                r = with_runtime(stage, r, w, ref.runtime)
             stages[stage] = load_stage(stage, recipe=r, weights=w, device=device)
         return cls(stages, recipe, refs, device=device, precision=precision, base=base)
 
