@@ -28,7 +28,7 @@ from .interfaces import Detections, Grades, SegmentResult
 from .paths import resolve
 from .rois import ROI_BY_KEY, ROI_KEYS, stage_label
 from .schemas import Assessment, Flag, ModelInfo, RoiResult, parse_sex, read_yaml, validate_recipe
-from .weights import PHANTOM_NOTICE
+from .weights import PHANTOM_NOTICE, UNVERIFIED_NOTICE
 
 STAGE_ORDER = ("segment", "detect", "grade", "score")
 #: flag code of a right hand (DICOM laterality R) read mirrored and assessed as a left hand
@@ -142,6 +142,8 @@ class Pipeline:
         self.device = device
         self.precision = precision
         self.phantom_trained = any(st.info.phantom_trained for st in self.stages.values())
+        #: stages whose weights loaded without a card to check them (allow_unverified)
+        self.unverified = [s for s, st in self.stages.items() if st.info.weights and not st.info.sha256]
         grade_std = getattr(self.stages["grade"].obj, "standard", None)
         if grade_std is not None and grade_std != self.standard:
             raise RecipeError(
@@ -158,8 +160,13 @@ class Pipeline:
         overrides: Mapping[str, str | Mapping[str, Any] | StageRef | None] | None = None,
         device: str | None = None,
         precision: Literal["fp32", "fp16", "bf16"] = "fp32",
+        trust: bool = False,
+        allow_unverified: bool = False,
     ) -> Pipeline:
-        """Build from a pipeline recipe (YAML path or mapping); ``overrides`` swap stages."""
+        """Build from a pipeline recipe (YAML path or mapping); ``overrides`` swap stages.
+
+        ``trust``: run ``.py`` recipes from outside ``stages/`` (they are code).
+        ``allow_unverified``: load weights folders without a card (results are flagged)."""
         from .registry import load_stage
         from .training import pick_device
 
@@ -186,7 +193,8 @@ class Pipeline:
                 from .runtime import with_runtime
 
                 r = with_runtime(stage, r, w, ref.runtime)
-            stages[stage] = load_stage(stage, recipe=r, weights=w, device=device)
+            stages[stage] = load_stage(stage, recipe=r, weights=w, device=device, trust=trust,
+                                       allow_unverified=allow_unverified)
         return cls(stages, recipe, refs, device=device, precision=precision, base=base)
 
     @property
@@ -303,6 +311,9 @@ class Pipeline:
         flags = []
         if self.phantom_trained:
             flags.append(Flag(code="phantom_weights", message=PHANTOM_NOTICE, stage="pipeline"))
+        for stage in self.unverified:
+            flags.append(Flag(code="weights_unverified", stage=stage,
+                              message=f"{stage} stage: {UNVERIFIED_NOTICE}"))
         if rad.meta.mirrored:
             flags.append(Flag(code=MIRRORED, message=MIRRORED_NOTICE, stage="input"))
         return dict(

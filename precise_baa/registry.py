@@ -9,12 +9,19 @@ recipe model::
 Recipes name registered implementations only (no import paths, nothing evaluated). A weights
 folder carries the recipe it was trained with, so ``load_stage("grade", weights=path)`` is
 enough to rebuild a trained stage.
+
+The one exception is the detect stage's mmdet config, a ``.py`` file that mmengine executes
+when it is read. Such a file runs only when it lies inside the project's ``stages/`` folder or
+is explicitly trusted (``trust=True``, ``--trust-recipe``, or a :func:`trusted_recipes` block);
+:func:`check_recipe_trusted` is called by the one function that executes config files.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +39,32 @@ class Entry:
 
 
 _REGISTRY: dict[str, dict[str, Entry]] = {s: {} for s in STAGES}
+_TRUST_RECIPES: contextvars.ContextVar[bool] = contextvars.ContextVar("trust_recipes", default=False)
+
+
+@contextlib.contextmanager
+def trusted_recipes(trust: bool = True) -> Iterator[None]:
+    """Inside the block, ``.py`` recipes outside ``stages/`` may run (``trust=False``: no
+    change; an enclosing trusted block stays trusted)."""
+    token = _TRUST_RECIPES.set(bool(trust) or _TRUST_RECIPES.get())
+    try:
+        yield
+    finally:
+        _TRUST_RECIPES.reset(token)
+
+
+def check_recipe_trusted(path: str | Path) -> None:
+    """Refuse to run the Python recipe ``path`` unless it lies inside the project's ``stages/``
+    folder (after resolving links) or recipes are trusted (:func:`trusted_recipes`)."""
+    from .paths import stages_dir
+
+    if _TRUST_RECIPES.get():
+        return
+    if Path(path).resolve().is_relative_to(stages_dir().resolve()):
+        return
+    raise RecipeError(
+        f"{path}: a .py recipe is Python code and runs when loaded; only recipes inside stages/ "
+        "run without asking: pass --trust-recipe if you trust this file (Python: trust=True)")
 
 
 def register(stage: str, name: str, recipe: type | None = None):
@@ -95,21 +128,25 @@ def read_recipe(stage: str, path: str | Path):
     return parse_recipe(stage, data, str(path))
 
 
-def load_stage(stage: str, recipe=None, weights: str | Path | None = None, device: str | None = None):
+def load_stage(stage: str, recipe=None, weights: str | Path | None = None, device: str | None = None,
+               *, trust: bool = False, allow_unverified: bool = False):
     """Build a stage from a recipe (path, mapping or model) and/or a weights folder.
 
     With only ``weights``, the recipe stored beside the weights is used. With only ``recipe``,
     the model is built with fresh (random or ImageNet, as the recipe says) weights.
+    ``trust``: run a ``.py`` recipe from outside ``stages/`` (it is code). ``allow_unverified``:
+    load a weights folder without the ``card.json`` that holds its sha256.
     """
-    from .weights import read_stored_recipe
+    from .weights import allow_unverified_weights, read_stored_recipe
 
     if recipe is None and weights is None:
         raise RecipeError(f"{stage}: give a recipe, a weights folder, or both")
-    if recipe is None:
-        recipe = parse_recipe(stage, read_stored_recipe(weights), f"{weights}/recipe.json")
-    elif isinstance(recipe, (str, Path)):
-        recipe = read_recipe(stage, recipe)
-    elif isinstance(recipe, dict):
-        recipe = parse_recipe(stage, recipe)
-    name = recipe["implementation"] if isinstance(recipe, dict) else recipe.implementation
-    return entry(stage, name).factory(recipe, weights=weights, device=device)
+    with trusted_recipes(trust), allow_unverified_weights(allow_unverified):
+        if recipe is None:
+            recipe = parse_recipe(stage, read_stored_recipe(weights), f"{weights}/recipe.json")
+        elif isinstance(recipe, (str, Path)):
+            recipe = read_recipe(stage, recipe)
+        elif isinstance(recipe, dict):
+            recipe = parse_recipe(stage, recipe)
+        name = recipe["implementation"] if isinstance(recipe, dict) else recipe.implementation
+        return entry(stage, name).factory(recipe, weights=weights, device=device)

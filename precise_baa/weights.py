@@ -2,7 +2,10 @@
 
 Nothing here unpickles: tensors come from safetensors, metadata from JSON. The card records
 what a reader of a model needs (intended use, training data, metrics, input format) and the
-sha256 of the tensor file, checked on every load.
+sha256 of the tensor file, checked on every load. A folder without a card (or a card without
+the sha256) is refused unless unverified weights are allowed explicitly
+(``allow_unverified=True``, ``--allow-unverified-weights``, :func:`allow_unverified_weights`);
+results of such weights carry a ``weights_unverified`` flag.
 
 >>> save_weights("weights/my-grader", model.state_dict(), recipe, card={"metrics": {...}})  # doctest: +SKIP
 >>> w = load_weights("weights/my-grader")                                                   # doctest: +SKIP
@@ -10,11 +13,14 @@ sha256 of the tensor file, checked on every load.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import hashlib
 import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +32,21 @@ RECIPE = "recipe.json"
 CARD = "card.json"
 
 PHANTOM_NOTICE = "phantom-trained: learned from synthetic radiographs only; not for clinical use"
+UNVERIFIED_NOTICE = (f"weights loaded without their {CARD} (no sha256 to check the tensors "
+                     "against): they may have been replaced or damaged")
+
+_ALLOW_UNVERIFIED: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "allow_unverified_weights", default=False)
+
+
+@contextlib.contextmanager
+def allow_unverified_weights(allow: bool = True) -> Iterator[None]:
+    """Inside the block, weights folders without a card load (``allow=False``: no change)."""
+    token = _ALLOW_UNVERIFIED.set(bool(allow) or _ALLOW_UNVERIFIED.get())
+    try:
+        yield
+    finally:
+        _ALLOW_UNVERIFIED.reset(token)
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -127,12 +148,25 @@ def read_stored_recipe(path: str | Path) -> dict[str, Any]:
 
 
 def read_card(path: str | Path) -> dict[str, Any]:
+    """The folder's card ({} when there is none)."""
     p = _folder(path) / CARD
-    return json.loads(p.read_text()) if p.is_file() else {}
+    if not p.is_file():
+        return {}
+    try:
+        card = json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise WeightsError(f"{p}: not valid JSON ({e})") from None
+    if not isinstance(card, dict):
+        raise WeightsError(f"{p}: not a card (a JSON object is expected)")
+    return card
 
 
-def load_weights(path: str | Path, verify: bool = True) -> LoadedWeights:
-    """Load a weights folder; the tensor file's sha256 is checked against the card."""
+def load_weights(path: str | Path, verify: bool = True, allow_unverified: bool = False) -> LoadedWeights:
+    """Load a weights folder; the tensor file's sha256 is checked against the card.
+
+    A folder without a card holding the sha256 is refused unless ``allow_unverified`` (or an
+    :func:`allow_unverified_weights` block); ``verify=False`` skips every check.
+    """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -141,6 +175,12 @@ def load_weights(path: str | Path, verify: bool = True) -> LoadedWeights:
     if not tensors.is_file():
         raise WeightsError(f"{path}: no {TENSORS} (only safetensors weights are loaded)")
     card = read_card(folder)
+    if verify and not card.get("sha256") and not (allow_unverified or _ALLOW_UNVERIFIED.get()):
+        what = f"no {CARD}" if not (folder / CARD).is_file() else f"its {CARD} has no sha256"
+        raise WeightsError(
+            f"{path}: {what}, so {TENSORS} cannot be checked (a replaced or damaged file would load "
+            f"unnoticed); restore the folder's {CARD}, or pass --allow-unverified-weights "
+            "(Python: allow_unverified=True) to load it anyway, flagged in every result")
     if verify and card.get("sha256") and sha256_file(tensors) != card["sha256"]:
         raise WeightsError(f"{tensors}: sha256 does not match {CARD}; the file is corrupted or replaced")
     try:

@@ -235,9 +235,48 @@ def test_config_with_other_classes_is_refused(tmp_path, detect_tiny):
     bad.write_text(f"metainfo = dict(classes={ROI_KEYS + ('dp2',)!r})\n"
                    "model = dict(type='CascadeRCNN')\n")
     with pytest.raises(RecipeError, match="differ from the 13 ROI keys"):
-        load_stage("detect", recipe=bad)
+        load_stage("detect", recipe=bad, trust=True)
     with pytest.raises(RecipeError, match="mmdet config file not found"):
         load_stage("detect", recipe={"stage": "detect", "implementation": "mmdet", "config": "nope.py"})
+
+
+def test_py_recipes_run_only_inside_stages_or_when_trusted(tmp_path, monkeypatch):
+    """An mmdet config is Python that runs when read: never from a flag or a file by accident."""
+    pytest.importorskip("mmdet")
+    from precise_baa.registry import check_recipe_trusted, trusted_recipes
+
+    marker = tmp_path / "it-ran"
+    evil = tmp_path / "evil.py"
+    evil.write_text(f"open({str(marker)!r}, 'w').write('x')\nmodel = dict(type='NoSuchModel')\n")
+    y = tmp_path / "det.yaml"
+    y.write_text(f"stage: detect\nimplementation: mmdet\nconfig: {evil}\n")
+    w = tmp_path / "weights"  # a weights folder whose recipe names the file instead of storing it
+    w.mkdir()
+    (w / "recipe.json").write_text(json.dumps({"stage": "detect", "implementation": "mmdet",
+                                               "config": str(evil)}))
+    refused = r"evil.py: a \.py recipe is Python code and runs when loaded; .*pass --trust-recipe"
+    for kw in ({"recipe": evil}, {"recipe": y}, {"weights": w},
+               {"recipe": {"stage": "detect", "implementation": "mmdet", "config": str(evil)}}):
+        with pytest.raises(RecipeError, match=refused):
+            load_stage("detect", **kw)
+    assert not marker.exists()
+    # inside stages/ (after resolving links) it runs without asking
+    stages = tmp_path / "stages"
+    stages.mkdir()
+    monkeypatch.setenv("PRECISE_BAA_STAGES", str(stages))
+    (stages / "link.py").symlink_to(evil)
+    with pytest.raises(RecipeError, match="link.py: a .py recipe is Python code"):
+        check_recipe_trusted(stages / "link.py")
+    (stages / "own.py").write_text("x = 1\n")
+    check_recipe_trusted(stages / "own.py")
+    # trusted explicitly: it runs (and then fails to build, as this one should)
+    with pytest.raises(RecipeError, match="cannot build the detector"):
+        load_stage("detect", recipe=evil, trust=True)
+    assert marker.exists()
+    marker.unlink()
+    with trusted_recipes(), pytest.raises(RecipeError, match="cannot build the detector"):
+        load_stage("detect", recipe=y)
+    assert marker.exists()
 
 
 def test_radiograph_augment_builds_from_a_config_dict_and_runs():
@@ -275,7 +314,7 @@ def test_radiograph_augment_builds_from_a_config_dict_and_runs():
 @pytest.fixture(scope="module")
 def tiny(detect_tiny):
     pytest.importorskip("mmdet")
-    return load_stage("detect", recipe=detect_tiny)
+    return load_stage("detect", recipe=detect_tiny, trust=True)  # outside stages/: trusted here
 
 
 def test_trained_tiny_detector_gives_one_box_per_roi_in_input_coordinates(trained):
@@ -343,7 +382,7 @@ def trained(phantoms, tmp_path_factory, detect_tiny):
 
     out = tmp_path_factory.mktemp("weights") / "detect-tiny"
     res = train_detector(detect_tiny, phantoms, None, out, epochs=1, batch_size=2, val_fraction=0.34,
-                         workers=0, seed=0, phantom=True)
+                         workers=0, seed=0, phantom=True, trust=True)  # detect-tiny.py: outside stages/
     return out, res
 
 

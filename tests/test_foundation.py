@@ -84,6 +84,31 @@ def test_weights_mismatch_and_pickles_are_refused(tmp_path):
         load_weights(tmp_path / "nothing")
 
 
+def test_weights_without_their_card_are_refused_unless_allowed(tmp_path):
+    from precise_baa.weights import allow_unverified_weights
+
+    model = torch.nn.Linear(3, 2)
+    out = save_weights(tmp_path / "w", model.state_dict(), {"stage": "grade", "implementation": "x"})
+    (out / "card.json").unlink()
+    data = bytearray((out / "model.safetensors").read_bytes())
+    data[-1] ^= 0xFF  # tampered, and nothing left to check it against
+    (out / "model.safetensors").write_bytes(bytes(data))
+    with pytest.raises(WeightsError, match=r"w: no card.json, so model.safetensors cannot be checked.*"
+                                           r"--allow-unverified-weights"):
+        load_weights(out)
+    assert load_weights(out, allow_unverified=True).sha256 == ""
+    with allow_unverified_weights():
+        assert load_weights(out).state_dict.keys() == model.state_dict().keys()
+    with pytest.raises(WeightsError, match="no card.json"):  # the permission ends with the block
+        load_weights(out)
+    (out / "card.json").write_text('{"name": "w"}')
+    with pytest.raises(WeightsError, match="its card.json has no sha256"):
+        load_weights(out)
+    (out / "card.json").write_text("{not json")
+    with pytest.raises(WeightsError, match="card.json: not valid JSON"):
+        load_weights(out)
+
+
 def test_assessment_json_round_trip():
     a = Assessment(
         id="p1", sex="F", bone_age_years=9.1, maturity_score=355, standard="rus-chn",

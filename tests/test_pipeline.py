@@ -116,6 +116,23 @@ def test_missing_sex_is_an_error_not_a_guess(pipe, stages):
     assert a.status == "error" and "no sex" in a.reason
 
 
+def test_unverified_weights_load_only_when_allowed_and_flag_every_result(stages, tmp_path):
+    from precise_baa.errors import WeightsError
+
+    folder = stages["grade"].save_pretrained(tmp_path / "grade")
+    (folder / "card.json").unlink()
+    with pytest.raises(WeightsError, match="no card.json"):
+        load_stage("grade", weights=folder, device="cpu")
+    grade = load_stage("grade", weights=folder, device="cpu", allow_unverified=True)
+    pipe = Pipeline({"segment": stages["segment"], "detect": OracleDetector(stages["table"]),
+                     "grade": grade, "score": stages["score"]})
+    assert pipe.unverified == ["grade"]
+    r = next(iter(stages["truth"].values()))
+    for a in (pipe.assess(r.path, sex=r.sex), pipe.assess(r.path)):  # scored, and an error row
+        flags = [f for f in a.flags if f.code == "weights_unverified"]
+        assert [f.stage for f in flags] == ["grade"] and "card.json" in flags[0].message
+
+
 def test_grader_and_scorer_standards_must_agree(stages):
     with pytest.raises(RecipeError, match="predicts rus-chn stages but the score stage expects tw3"):
         Pipeline({"segment": stages["segment"], "detect": OracleDetector({}),
@@ -132,7 +149,7 @@ def test_recipe_pipeline_with_tiny_mmdet_detector(tmp_path, phantoms, stages, de
         "grade": {"recipe": str(RECIPES / "grade-densenet-tiny.yaml")},
         "score": {"recipe": "stages/score/rus-chn.yaml"},
     }
-    pipe = Pipeline.from_recipe(recipe, device="cpu")
+    pipe = Pipeline.from_recipe(recipe, device="cpu", trust=True)  # detect-tiny.py is outside stages/
     recs = list(stages["truth"].values())[:2]
     out = pipe.assess_batch([read_radiograph(r.path) for r in recs], [r.sex for r in recs],
                             [None, None], [r.name for r in recs])
@@ -142,7 +159,7 @@ def test_recipe_pipeline_with_tiny_mmdet_detector(tmp_path, phantoms, stages, de
         if a.status == "rejected":
             assert any(k in a.reason for k in ROI_KEYS)
     swapped = Pipeline.from_recipe(recipe, overrides={"segment": str(RECIPES / "segment-unet-tiny.yaml")},
-                                   device="cpu")
+                                   device="cpu", trust=True)
     assert swapped.stages["segment"].info.implementation == "unet"
 
 
@@ -262,8 +279,12 @@ def test_score_command_line(tmp_path, inbox, cli, detect_tiny):
     assert p.returncode == 0, p.stderr  # every input scored or rejected with a reason
     assert len(_rows(out)) == 3
     p = cli("score", str(src), "--out", str(tmp_path / "out2"), "--meta", str(meta), "--pipeline",
-            str(recipe), "--device", "cpu", "--quiet", "--no-pictures")
+            str(recipe), "--device", "cpu", "--quiet", "--no-pictures", "--trust-recipe")
+    assert p.returncode == 2 and "a .py recipe is Python code" in p.stderr and "--trust-recipe" in p.stderr
+    assert not out.exists() or not (out / "assessments.jsonl").exists()
+    p = cli("score", str(src / "ward"), "--out", str(out), "--meta", str(ward_meta), "--pipeline", str(recipe),
+            "--device", "cpu", "--quiet", "--no-pictures", "--trust-recipe")
     assert p.returncode == 1  # error rows present
     assert "error(s)" in p.stderr and "Traceback" not in p.stderr
-    p = cli("score", str(src), "--out", str(out), "--pipeline", str(recipe), "--quiet")
+    p = cli("score", str(src), "--out", str(out), "--pipeline", str(recipe), "--quiet", "--trust-recipe")
     assert p.returncode == 2 and "--resume" in p.stderr

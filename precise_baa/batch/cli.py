@@ -18,6 +18,12 @@ def _pipeline_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if present)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"],
                    help="autocast precision on GPU (default fp32)")
+    p.add_argument("--trust-recipe", action="store_true",
+                   help="run .py (mmdet) recipes from outside the project's stages/ folder: they are "
+                        "Python code, executed when loaded")
+    p.add_argument("--allow-unverified-weights", action="store_true",
+                   help="load weights folders without their card.json (no sha256 to check the "
+                        "tensors); every result is flagged weights_unverified")
 
 
 def _batch_args(p: argparse.ArgumentParser) -> None:
@@ -119,7 +125,9 @@ def _build(args):
     from ..pipeline import Pipeline
 
     return Pipeline.from_recipe(args.pipeline, overrides=_overrides(args), device=args.device,
-                                precision=args.precision)
+                                precision=args.precision,
+                                trust=getattr(args, "trust_recipe", False),
+                                allow_unverified=getattr(args, "allow_unverified_weights", False))
 
 
 def _finish(summary, quiet: bool = False) -> int:

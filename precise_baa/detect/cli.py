@@ -16,6 +16,9 @@ def add_train(sub: argparse._SubParsersAction) -> None:
                     "--out as safetensors with the config stored as data.")
     p.add_argument("--recipe", required=True,
                    help="mmdet config or detect recipe, e.g. stages/detect/detectors-cascade-rcnn-lite.py")
+    p.add_argument("--trust-recipe", action="store_true",
+                   help="run a .py config from outside the project's stages/ folder (it is Python "
+                        "code, executed when loaded)")
     p.add_argument("--coco", required=True, help="COCO manifest (13 ROI categories, mask_file per image)")
     p.add_argument("--images", default=None, help="images folder (default: images/ beside the manifest)")
     p.add_argument("--out", required=True, help="weights folder to write, e.g. weights/my-detector")
@@ -73,6 +76,13 @@ def add_evaluate(sub: argparse._SubParsersAction) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from ..registry import trusted_recipes
+
+    with trusted_recipes(args.trust_recipe):
+        return _run_train(args)
+
+
+def _run_train(args: argparse.Namespace) -> int:
     import json
 
     from .train import self_train_detector, train_detector

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import RecipeError
 from ..paths import resolve
+from ..registry import check_recipe_trusted
 from ..rois import ROI_KEYS
 from .recipe import DetectRecipe
 
@@ -81,6 +82,7 @@ def _read_file(recipe: DetectRecipe) -> dict[str, Any]:
         raise RecipeError(f"{recipe.config}: mmdet config file not found")
     if path.suffix != ".py":
         raise RecipeError(f"{path}: an mmdet config is a .py file")
+    check_recipe_trusted(path)  # the config is Python: it runs below
     try:
         data = Config.fromfile(str(path)).to_dict()
     except Exception as e:  # syntax errors, bad _base_ paths, ...

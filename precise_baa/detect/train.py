@@ -220,6 +220,7 @@ def train_detector(
     init_weights: str | Path | None = None,
     extra_train: Sequence[ImageRecord] = (),
     card_extra: Mapping[str, Any] | None = None,
+    trust: bool = False,
 ) -> FitResult:
     """Train the recipe's mmdet detector on a COCO manifest; the best weights go to ``out_dir``.
 
@@ -230,9 +231,9 @@ def train_detector(
     last epoch is kept and the metric is NaN. ``init_weights``: a weights folder of the same
     recipe to start from. ``extra_train``: more records (e.g. pseudo-labelled) that join the
     training split only; validation stays on the manifest's labels. ``card_extra`` is added to
-    the weights card.
+    the weights card. ``trust``: run a ``.py`` config from outside ``stages/`` (it is code).
     """
-    from ..registry import parse_recipe, read_recipe
+    from ..registry import parse_recipe, read_recipe, trusted_recipes
 
     if isinstance(recipe, (str, Path)):
         recipe = read_recipe("detect", recipe)
@@ -255,7 +256,8 @@ def train_detector(
         train_recs = train_recs + [dataclasses.replace(r, id=first + i)
                                    for i, r in enumerate(extra_train)]
     has_val = bool(val_recs)
-    cfg = load_config(recipe)
+    with trusted_recipes(trust):
+        cfg = load_config(recipe)
     stored = resolved_recipe(recipe, cfg)  # before data paths: the weights carry the model only
     epochs = int(epochs or cfg.train_cfg.get("max_epochs", 12))
     if phantom is None:
