@@ -344,6 +344,29 @@ def test_trained_tiny_detector_gives_one_box_per_roi_in_input_coordinates(traine
         det.detect([np.zeros((10, 10, 3), np.float32)])
 
 
+def test_every_crop_is_padded_to_one_canvas(tiny):
+    """A radiograph's boxes must not depend on the other crops of its batch (a batch is padded to
+    its largest image and DetectoRS pools globally): every crop lands on the same canvas, also
+    with weights whose stored config predates the fixed-size Pad."""
+    from precise_baa.detect.config import fixed_canvas
+    from precise_baa.detect.model import to_model_input
+
+    rng = np.random.default_rng(0)
+    shapes = {tuple(tiny.pipeline({"img": to_model_input(rng.random((h, w), dtype=np.float32)),
+                                   "img_id": 0})["inputs"].shape)
+              for h, w in ((300, 200), (120, 250), (160, 160), (90, 40))}
+    assert shapes == {(3, 160, 160)}
+    old = [{"type": "mmdet.LoadImageFromNDArray"},
+           {"type": "Resize", "scale": (384, 384), "keep_ratio": True}, {"type": "PackDetInputs"}]
+    assert [s["type"] for s in fixed_canvas(old)] == ["mmdet.LoadImageFromNDArray", "Resize",
+                                                      "mmdet.Pad", "PackDetInputs"]
+    assert fixed_canvas(old)[2]["size"] == (384, 384)
+    assert fixed_canvas(fixed_canvas(old)) == fixed_canvas(old)  # never padded twice
+    cfg = tiny.cfg
+    for pipe in (cfg.train_pipeline, cfg.test_pipeline):  # training sees what inference sees
+        assert {"type": "Pad", "size": (160, 160), "pad_val": {"img": 0}} in [dict(s) for s in pipe]
+
+
 def test_weights_round_trip_is_exact_and_runs_no_python(tiny, tmp_path, monkeypatch):
     from mmengine.config import Config
 

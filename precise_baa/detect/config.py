@@ -258,7 +258,25 @@ def inference_pipeline(cfg: Config):
     if "LoadImage" not in steps[0]["type"]:
         raise RecipeError("the mmdet test_pipeline must start with an image-loading step")
     steps[0] = {"type": "mmdet.LoadImageFromNDArray"}
-    return Compose(steps)
+    return Compose(fixed_canvas(steps))
+
+
+def fixed_canvas(steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``steps`` ending every image on one canvas, so its result never depends on the other
+    images of its batch (a batch is padded to its largest image, and DetectoRS pools globally):
+    a keep-ratio ``Resize`` without a fixed-size ``Pad`` gets one after it, zeros to the square
+    of its longest side. Configs from ``stages/detect/_base_`` pad already; this covers weights
+    whose stored config predates that."""
+    kinds = [str(s.get("type", "")).removeprefix("mmdet.") for s in steps]
+    if any(k == "Pad" and s.get("size") is not None for k, s in zip(kinds, steps)):
+        return steps
+    for i, (k, s) in enumerate(zip(kinds, steps)):
+        scale = s.get("scale")
+        if k == "Resize" and s.get("keep_ratio") and scale:
+            side = int(max(scale)) if isinstance(scale, (tuple, list)) else int(scale)
+            pad = {"type": "mmdet.Pad", "size": (side, side), "pad_val": {"img": 0}}
+            return [*steps[:i + 1], pad, *steps[i + 1:]]
+    return steps
 
 
 def count_parameters(model: torch.nn.Module) -> int:

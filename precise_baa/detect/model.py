@@ -118,10 +118,14 @@ class MmdetDetector:
             ])
             with torch.inference_mode():
                 results = self.model.test_step(batch)
-            for r in results:
+            for img, r in zip(chunk, results, strict=True):
                 p = r.pred_instances
+                # clipped to the image: a fixed-size Pad makes mmdet clip to the padded canvas
+                h, w = np.asarray(img).shape[:2]
+                bboxes = p.bboxes.detach().float().cpu().numpy().reshape(-1, 4)
+                bboxes = np.clip(bboxes, 0.0, np.array([w, h, w, h], np.float32))
                 out.append(RawDetections(
-                    bboxes=p.bboxes.detach().float().cpu().numpy().reshape(-1, 4),
+                    bboxes=bboxes,
                     scores=p.scores.detach().float().cpu().numpy().reshape(-1),
                     labels=p.labels.detach().cpu().numpy().reshape(-1),
                 ))

@@ -115,7 +115,10 @@ backend_args = None
 
 
 def pipelines(image_scale):
-    """(train_pipeline, test_pipeline) for hand crops resized into ``image_scale``."""
+    """(train_pipeline, test_pipeline) for hand crops resized into ``image_scale``, then
+    padded with zeros (bottom/right) to one fixed square canvas: an image's result never
+    depends on the other images of its batch (DetectoRS pools over the whole padded map)."""
+    canvas = (max(image_scale), max(image_scale))
     train = [
         dict(type='LoadImageFromFile', backend_args=backend_args),
         dict(type='LoadAnnotations', with_bbox=True),
@@ -127,12 +130,14 @@ def pipelines(image_scale):
         # radiograph appearance at the network's scale (precise_baa.augment; fields of
         # Photometric may be given here); the black background stays black
         dict(type='RadiographAugment'),
+        dict(type='Pad', size=canvas, pad_val=dict(img=0)),
         dict(type='FilterAnnotations', min_gt_bbox_wh=(1, 1), keep_empty=False),
         dict(type='PackDetInputs'),
     ]
     test = [
         dict(type='LoadImageFromFile', backend_args=backend_args),
         dict(type='Resize', scale=image_scale, keep_ratio=True),
+        dict(type='Pad', size=canvas, pad_val=dict(img=0)),
         dict(type='LoadAnnotations', with_bbox=True),
         dict(type='PackDetInputs',
              meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor')),
