@@ -27,6 +27,68 @@ _CONTRIBUTORS = (
 )
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``precise-baa score: error: argument --batch-size: ...``
+    and where to look, instead of the usage block (sub-commands inherit it)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+# argparse `type=` checks: a bad value is a one-line usage error (exit 2) before anything runs
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def finite_non_negative_float(text: str) -> float:
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
+    return value
+
+
+def shard_arg(text: str) -> str:
+    """``K/N`` with 1 <= K <= N (returned as given)."""
+    from .batch.shards import parse_shard
+    from .errors import InputError
+
+    try:
+        parse_shard(text)
+    except InputError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix(f"bad --shard {text!r}: ")) from None
+    return text
+
+
+def max_pixels_arg(text: str) -> int:
+    from .imaging import parse_max_pixels
+
+    try:
+        return parse_max_pixels(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def handler(target: str):
     """``"module:function"`` resolved when the command runs (keeps start-up light)."""
 
@@ -40,11 +102,12 @@ def handler(target: str):
 def add_training_options(p: argparse.ArgumentParser, batch_help: str) -> None:
     """The options every torch-native ``train STAGE`` command shares (see training.fit)."""
     p.add_argument("--epochs", type=int, default=None, help="override the recipe's training.epochs")
-    p.add_argument("--batch-size", type=int, default=None, help=batch_help)
+    p.add_argument("--batch-size", type=positive_int, default=None, help=batch_help)
     p.add_argument("--lr", type=float, default=None, help="override the recipe's learning rate")
     p.add_argument("--val-fraction", type=float, default=None, help="share of images held out")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
-    p.add_argument("--workers", type=int, default=0, help="data loader worker processes (default 0)")
+    p.add_argument("--workers", type=non_negative_int, default=0,
+                   help="data loader worker processes (default 0)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--init-weights", default=None, help="weights folder to start from (fine-tuning)")
     p.add_argument("--no-cache", action="store_true", help="re-read images every epoch (large sets)")
@@ -77,7 +140,14 @@ def cmd_stage_score(args: argparse.Namespace) -> int:
                            deviation_threshold_years=args.threshold)
     result = scorer.score(parse_stages_arg(args.stages), args.sex, args.age)
     out = result.model_dump(mode="json", exclude_none=True)
-    print(json.dumps(out, indent=2 if args.pretty else None))
+    try:
+        text = json.dumps(out, indent=2 if args.pretty else None, allow_nan=False)
+    except ValueError:  # NaN / infinity are not JSON: never print them
+        from .errors import InputError
+
+        raise InputError("the result holds a value that is not a finite number; check --age and "
+                         "--threshold") from None
+    print(text)
     return 0
 
 
@@ -111,7 +181,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="precise-baa",
         description="Bone age assessment from hand radiographs (segment -> detect -> grade -> score).",
     )
@@ -139,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="all 13 ROIs as ROI=STAGE, comma separated: radius=7,ulna=5,mc1=...,dp5=6 "
                         "(TW3 also takes letters A-I)")
     s.add_argument("--age", type=float, default=None, help="chronological age in years (optional)")
-    s.add_argument("--threshold", type=float, default=2.0,
+    s.add_argument("--threshold", type=finite_non_negative_float, default=2.0,
                    help="flag |bone age - age| beyond this many years (default 2)")
     s.add_argument("--pretty", action="store_true", help="indent the JSON")
     s.set_defaults(func=cmd_stage_score)

@@ -21,14 +21,31 @@ import numpy as np
 
 
 def pick_device(device: str | None = None) -> str:
-    """``device`` if given, else ``cuda`` when available, else ``cpu``."""
+    """``device`` if given (checked: a device torch knows and this machine has), else ``cuda``
+    when available, else ``cpu``. A bad device is an :class:`~precise_baa.errors.InputError`."""
     import torch
 
-    if device and device != "auto":
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            raise RuntimeError(f"device {device!r} requested but no CUDA device is available")
-        return device
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    from .errors import InputError
+
+    if device is None or device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise InputError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError(f"device {device!r} requested but no CUDA device is available here; "
+                             "use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise InputError(f"device {device!r} requested but only {torch.cuda.device_count()} "
+                             "CUDA device(s) are visible (cuda:0 ...)")
+    elif dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise InputError(f"device {device!r} requested but MPS is not available here")
+    elif dev.type != "cpu":
+        raise InputError(f"unsupported device {device!r}; use cpu, cuda or cuda:N")
+    return device
 
 
 def seed_everything(seed: int) -> None:

@@ -194,13 +194,17 @@ def test_score_folder_isolates_every_bad_input(pipe, inbox, tmp_path):
     out = tmp_path / "out"
     summary = score_folder(pipe, src, out, meta=meta, batch_size=2, progress=False)
     rows = _rows(out)
+    # dup.png and dup.tif would share the id "dup": both keep their suffix, one row each
     assert set(rows) == {"ward/phantom_00000", "ward/phantom_00001", "ward/phantom_00002", "nosex",
-                         "dup", "corrupt", "notes", "volume"}
+                         "dup.png", "dup.tif", "corrupt", "notes", "volume"}
+    assert rows["dup.png"]["source"].endswith("dup.png") and rows["dup.tif"]["source"].endswith("dup.tif")
     ok = [k for k, r in rows.items() if r["status"] == "ok"]
     assert sorted(ok) == ["ward/phantom_00000", "ward/phantom_00001", "ward/phantom_00002"]
     assert float(rows["ward/phantom_00000"]["bone_age_years"]) >= 0
     assert "no sex" in rows["nosex"]["message"]
-    assert "duplicate id 'dup'" in rows["dup"]["message"]
+    # the metadata row "dup" names neither of them: a warning, and no sex for either
+    assert "no sex" in rows["dup.png"]["message"] and "no sex" in rows["dup.tif"]["message"]
+    assert any("metadata row 'dup' matches several inputs" in w for w in summary.warnings)
     assert rows["notes"]["status"] == "error" and "not an image" in rows["notes"]["message"]
     assert rows["corrupt"]["status"] == "error"
     assert "multi-frame" in rows["volume"]["message"]
@@ -243,7 +247,7 @@ def test_resume_after_an_interrupted_run(pipe, inbox, tmp_path):
     pipe.assess_batch = counting
     summary = score_folder(pipe, src / "ward", out, meta=meta, batch_size=1, progress=False,
                            resume=True, pictures=False)
-    assert summary.skipped == 2 and calls == ["phantom_00002"]
+    assert summary.already_done == 2 and calls == ["phantom_00002"]
     rows = _rows(out)
     assert sorted(rows) == ["phantom_00000", "phantom_00001", "phantom_00002"]
     assert all(r["status"] == "ok" for r in rows.values())
@@ -257,9 +261,9 @@ def test_shards_cover_everything_once_and_merge(pipe, inbox, tmp_path):
     ids = []
     for k in (1, 2, 3):
         ids += [json.loads(x)["id"] for x in (out / f"shard-{k}-of-3" / "assessments.jsonl").read_text().splitlines()]
-    assert len(ids) == 9 and len(set(ids)) == 8  # the two dup inputs share one id
+    assert len(ids) == 9 and len(set(ids)) == 9  # dup.png and dup.tif keep their suffixes
     merge_shards(out)
-    assert len(_rows(out)) == 8 and (out / "report.html").is_file()
+    assert len(_rows(out)) == 9 and (out / "report.html").is_file()
 
 
 def test_score_command_line(tmp_path, inbox, cli, detect_tiny):
@@ -276,14 +280,14 @@ def test_score_command_line(tmp_path, inbox, cli, detect_tiny):
     ward_meta.write_text(meta.read_text().replace("ward/", ""))
     p = cli("score", str(src / "ward"), "--out", str(out), "--meta", str(ward_meta), "--pipeline", str(recipe),
             "--device", "cpu", "--quiet", "--no-pictures")
-    assert p.returncode == 0, p.stderr  # every input scored or rejected with a reason
-    assert len(_rows(out)) == 3
-    p = cli("score", str(src), "--out", str(tmp_path / "out2"), "--meta", str(meta), "--pipeline",
-            str(recipe), "--device", "cpu", "--quiet", "--no-pictures", "--trust-recipe")
     assert p.returncode == 2 and "a .py recipe is Python code" in p.stderr and "--trust-recipe" in p.stderr
     assert not out.exists() or not (out / "assessments.jsonl").exists()
     p = cli("score", str(src / "ward"), "--out", str(out), "--meta", str(ward_meta), "--pipeline", str(recipe),
             "--device", "cpu", "--quiet", "--no-pictures", "--trust-recipe")
+    assert p.returncode == 0, p.stderr  # every input scored or rejected with a reason
+    assert len(_rows(out)) == 3
+    p = cli("score", str(src), "--out", str(tmp_path / "out2"), "--meta", str(meta), "--pipeline",
+            str(recipe), "--device", "cpu", "--quiet", "--no-pictures", "--trust-recipe")
     assert p.returncode == 1  # error rows present
     assert "error(s)" in p.stderr and "Traceback" not in p.stderr
     p = cli("score", str(src), "--out", str(out), "--pipeline", str(recipe), "--quiet", "--trust-recipe")

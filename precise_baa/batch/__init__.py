@@ -9,8 +9,10 @@
 
 Output folder of a run::
 
-    results.csv           one row per input (id, status ok/rejected/error, message, bone age, ...)
-    assessments.jsonl     the full Assessment per input, appended and flushed per batch
+    results.csv           one row per input (id, source, status ok/rejected/error, message, ...)
+    assessments.jsonl     the full Assessment per input, appended and synced per batch
+    skipped.csv           paths under the input that are not inputs, with the reason
+    run.json              counts, start/end, "complete": true once every input has a row
     overlays/ID.png       the radiograph with hand crop, ROI boxes, names and stages
     crops/ID/ROI.png      ROI thumbnails;  plots/ID_curve.png, plots/ID_attention.png
     report.html           a static page over all of the above
@@ -21,10 +23,13 @@ from __future__ import annotations
 from typing import Any
 
 _EXPORTS = {
-    "InputItem": "discovery", "discover": "discovery",
+    "Discovery": "discovery", "InputItem": "discovery", "Skipped": "discovery",
+    "discover": "discovery", "scan": "discovery",
     "Meta": "metadata", "read_meta": "metadata",
-    "BatchSummary": "loop", "score_folder": "loop", "write_artifacts": "loop",
-    "in_shard": "shards", "merge_shards": "shards", "parse_shard": "shards", "shard_dir": "shards",
+    "BatchSummary": "loop", "prepare_output": "loop", "repair_jsonl": "loop",
+    "score_folder": "loop", "write_artifacts": "loop",
+    "IncompleteShardsError": "shards", "check_shards": "shards", "in_shard": "shards",
+    "merge_shards": "shards", "parse_shard": "shards", "shard_dir": "shards",
 }
 
 

@@ -27,30 +27,45 @@ def _pipeline_args(p: argparse.ArgumentParser) -> None:
 
 
 def _batch_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--batch-size", type=int, default=4, help="radiographs per model batch (default 4)")
-    p.add_argument("--workers", type=int, default=0, help="decoding worker processes (default 0)")
+    from ..cli import non_negative_int, positive_int
+
+    p.add_argument("--batch-size", type=positive_int, default=4,
+                   help="radiographs per model batch (default 4); results do not depend on it")
+    p.add_argument("--workers", type=non_negative_int, default=0,
+                   help="decoding worker processes (default 0)")
     p.add_argument("--no-pictures", action="store_true",
                    help="skip overlays, thumbnails, plots and report.html (faster)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def add_commands(sub) -> None:
-    from ..cli import handler
+    from ..cli import handler, max_pixels_arg, shard_arg
 
     s = sub.add_parser(
         "score", help="score a folder / file list / file of radiographs with the whole pipeline",
-        description="Score radiographs: segment -> detect -> grade -> score. Writes results.csv, "
-                    "assessments.jsonl, overlays/ and report.html to --out. Exit code 1 when any "
-                    "input failed (error rows); rejected inputs are reported, not failures.")
+        description="Score radiographs: segment -> detect -> grade -> score. Writes results.csv "
+                    "(one row per input file), assessments.jsonl, skipped.csv (paths that are not "
+                    "inputs, with the reason), run.json, overlays/ and report.html to --out. An "
+                    "input's id is its path relative to INPUT without suffix (ward3/p001); inputs "
+                    "that would share an id (a.png, a.jpg) keep their suffix (a.png, a.jpg). Hidden "
+                    "files and folders are skipped; linked folders are followed once. Exit code 1 "
+                    "when any input failed (error rows) or has no result; rejected inputs are "
+                    "reported, not failures; 2 for bad arguments.")
     s.add_argument("input", help="folder (searched recursively), a .txt list of paths, or one file")
     s.add_argument("--out", required=True, help="output folder")
-    s.add_argument("--meta", default=None, help="CSV with columns id,sex[,chronological_age]; "
-                   "id = path relative to INPUT without suffix. DICOM tags fill what it lacks.")
-    s.add_argument("--resume", action="store_true", help="continue a run: skip inputs already done")
+    s.add_argument("--meta", default=None, help="CSV (UTF-8) with columns id,sex[,chronological_age]; "
+                   "id = path relative to INPUT without suffix, or with it for inputs whose ids keep "
+                   "it. DICOM tags fill what it lacks.")
+    s.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run: repair a last line cut short, skip inputs done")
+    s.add_argument("--max-pixels", type=max_pixels_arg, default=None, metavar="N",
+                   help="refuse images whose header declares more than N pixels (width x height), "
+                        "before decoding; suffix M for megapixels (default 100M, or "
+                        "PRECISE_BAA_MAX_PIXELS)")
     s.add_argument("--dicom-out", action="store_true",
                    help="also write DICOM results for DICOM inputs: OUT/dicom/ID_sr.dcm (Structured "
                         "Report) and ID_sc.dcm (overlay Secondary Capture), in the source study")
-    s.add_argument("--shard", default=None, metavar="K/N",
+    s.add_argument("--shard", type=shard_arg, default=None, metavar="K/N",
                    help="score only shard K of N (stable by id); output goes to OUT/shard-K-of-N; "
                         "combine with `precise-baa merge OUT`")
     _pipeline_args(s)
@@ -64,13 +79,19 @@ def add_commands(sub) -> None:
     _pipeline_args(d)
     d.set_defaults(func=handler("precise_baa.batch.cli:cmd_demo"))
 
-    m = sub.add_parser("merge", help="combine OUT/shard-*/ results into OUT/results.csv and report.html")
+    m = sub.add_parser("merge", help="combine OUT/shard-*/ results into OUT/results.csv and report.html",
+                       description="Combine OUT/shard-K-of-N/ into OUT/results.csv, assessments.jsonl, "
+                                   "skipped.csv and report.html. Every shard 1..N must be present "
+                                   "and finished (its run.json), else the missing ones are named and "
+                                   "the exit code is 1.")
     m.add_argument("out", help="the --out folder the shards were written under")
+    m.add_argument("--allow-partial", action="store_true",
+                   help="merge the shards present even when some are missing or unfinished (warning)")
     m.set_defaults(func=handler("precise_baa.batch.cli:cmd_merge"))
 
 
 def add_evaluate(sub) -> None:
-    from ..cli import handler
+    from ..cli import handler, non_negative_int, positive_int
 
     e = sub.add_parser(
         "pipeline", help="the paper's tables for the whole pipeline on a labelled COCO set",
@@ -80,7 +101,7 @@ def add_evaluate(sub) -> None:
     e.add_argument("--coco", required=True, help="COCO manifest with stages, sex and bone_age")
     e.add_argument("--images", default=None, help="images folder (default: beside the manifest, images/)")
     e.add_argument("--out", required=True, help="output folder for the report")
-    e.add_argument("--batch-size", type=int, default=4)
+    e.add_argument("--batch-size", type=positive_int, default=4)
     _pipeline_args(e)
     e.set_defaults(func=handler("precise_baa.batch.cli:cmd_evaluate"))
 
@@ -98,8 +119,10 @@ def add_evaluate(sub) -> None:
     a.add_argument("--out", required=True, help="output folder (outside --images)")
     a.add_argument("--age-unit", choices=["months", "years"], default=None,
                    help="unit of the CSV's ages (default: from a _months / _years column suffix)")
-    a.add_argument("--batch-size", type=int, default=4, help="radiographs per model batch (default 4)")
-    a.add_argument("--workers", type=int, default=0, help="decoding worker processes (default 0)")
+    a.add_argument("--batch-size", type=positive_int, default=4,
+                   help="radiographs per model batch (default 4)")
+    a.add_argument("--workers", type=non_negative_int, default=0,
+                   help="decoding worker processes (default 0)")
     a.add_argument("--resume", action="store_true", help="continue an interrupted scoring run in OUT")
     a.add_argument("--quiet", action="store_true", help="no progress bar")
     _pipeline_args(a)
@@ -131,6 +154,11 @@ def _build(args):
 
 
 def _finish(summary, quiet: bool = False) -> int:
+    from .loop import names
+
+    if summary.missing:
+        print(f"error: {len(summary.missing)} input(s) have no result in results.csv: "
+              f"{names(summary.missing)}; run again with --resume", file=sys.stderr)
     print(summary.line(), file=sys.stderr)
     if summary.report:
         print(f"report: {summary.report}")
@@ -139,9 +167,11 @@ def _finish(summary, quiet: bool = False) -> int:
 
 
 def cmd_score(args) -> int:
-    from . import score_folder, shard_dir
+    from . import prepare_output, read_meta, score_folder, shard_dir
 
-    out = shard_dir(args.out, args.shard) if args.shard else Path(args.out)
+    out = shard_dir(args.out, args.shard) if args.shard is not None else Path(args.out)
+    prepare_output(out)  # a bad --out or --meta fails now, not after the models are loaded
+    meta = read_meta(args.meta) if args.meta else None
     pipe = _build(args)
     if pipe.phantom_trained:
         print("note: these weights are phantom-trained (synthetic radiographs only): results are "
@@ -152,9 +182,9 @@ def cmd_score(args) -> int:
 
         dicom = DicomWriter(out)
     summary = score_folder(
-        pipe, args.input, out, meta=args.meta, batch_size=args.batch_size, workers=args.workers,
+        pipe, args.input, out, meta=meta, batch_size=args.batch_size, workers=args.workers,
         resume=args.resume, shard=args.shard, pictures=not args.no_pictures, progress=not args.quiet,
-        on_result=dicom,
+        on_result=dicom, max_pixels=args.max_pixels,
     )
     if dicom is not None:
         print(dicom.line(), file=sys.stderr)
@@ -178,6 +208,11 @@ def cmd_demo(args) -> int:
             "retrain them with scripts/train_demo_weights.sh") from None
     out = Path(args.out)
     if out.exists():
+        if not out.is_dir():
+            raise PreciseBaaError(f"--out {out}: is a file, not a folder")
+        if any(out.iterdir()) and not ((out / "run.json").is_file() or (out / "assessments.jsonl").is_file()):
+            raise PreciseBaaError(f"--out {out}: holds other files (not an earlier demo output), so it "
+                                  "is not replaced; choose another --out")
         shutil.rmtree(out)
     ex = examples_dir()
     meta = ex / "meta.csv"
@@ -189,7 +224,16 @@ def cmd_demo(args) -> int:
 
 
 def cmd_merge(args) -> int:
-    from . import merge_shards
+    from .shards import IncompleteShardsError, check_shards, merge_shards
 
-    print(f"report: {merge_shards(args.out)}")
+    check = check_shards(args.out)
+    if not check.complete and args.allow_partial:
+        print(f"warning: partial merge: {check.problems()}", file=sys.stderr)
+    try:
+        report = merge_shards(args.out, allow_partial=args.allow_partial)
+    except IncompleteShardsError as e:
+        print(f"precise-baa: error: {e}", file=sys.stderr)
+        return 1
+    print(f"report: {report}")
+    print(f"results: {Path(args.out) / 'results.csv'}")
     return 0

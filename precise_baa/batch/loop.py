@@ -2,19 +2,30 @@
 
 Output folder::
 
-    results.csv           one row per input (id, status ok/rejected/error, message, bone age, ...)
-    assessments.jsonl     the full Assessment per input, appended and flushed per batch
+    results.csv           one row per input (id, source, status ok/rejected/error, message, ...)
+    assessments.jsonl     the full Assessment per input, appended and synced per batch
+    skipped.csv           every path under the input that is not an input, with the reason
+    run.json              counts, started/finished, "complete": true once every input has a row
     overlays/ID.png       the radiograph with hand crop, ROI boxes, names and stages
     crops/ID/ROI.png      ROI thumbnails;  plots/ID_curve.png, plots/ID_attention.png
     report.html           a static page over all of the above
 
-One bad file never stops a batch: it becomes an ``error`` row with a one-line reason.
+What a run promises:
+
+- one bad file never stops a batch: it becomes an ``error`` row with a one-line reason;
+- every input gets exactly one row naming its file (``source``); a run that ends with an
+  input missing from ``results.csv`` says so (:attr:`BatchSummary.missing`, ``complete: false``);
+- after a crash, ``resume=True`` first repairs ``assessments.jsonl`` (a last line cut short
+  is moved to ``assessments.jsonl.fragment``), then scores only what has no result yet.
 """
 
 from __future__ import annotations
 
+import datetime as _dt
+import json
 import os
 import sys
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -25,38 +36,153 @@ from ..errors import ImageReadError, InputError
 from ..imaging import Radiograph, read_radiograph
 from ..report import ASSESSMENTS, RESULTS, read_assessments, safe_name, safe_path, write_results_csv
 from ..schemas import Assessment
-from .discovery import InputItem, discover
+from .discovery import InputItem, Skipped, scan
 from .metadata import Meta, read_meta
 from .shards import in_shard, parse_shard
+
+RUN = "run.json"
+SKIPPED = "skipped.csv"
+FRAGMENT = ASSESSMENTS + ".fragment"
 
 
 @dataclass
 class BatchSummary:
     out_dir: Path
-    total: int = 0
-    skipped: int = 0  # already done (--resume) or in another shard
+    total: int = 0  # inputs found (all shards)
+    inputs: int = 0  # inputs of this run (this shard)
+    already_done: int = 0  # with a result from before (resume)
+    other_shards: int = 0
+    skipped: list[Skipped] = field(default_factory=list)  # paths that are not inputs
     counts: Counter = field(default_factory=Counter)
+    missing: list[str] = field(default_factory=list)  # inputs of this run without a row
+    warnings: list[str] = field(default_factory=list)
+    repaired_bytes: int = 0  # cut from assessments.jsonl on resume
     seconds: float = 0.0
     report: Path | None = None
 
     @property
     def failed(self) -> bool:
-        return self.counts.get("error", 0) > 0
+        return self.counts.get("error", 0) > 0 or bool(self.missing)
+
+    @property
+    def complete(self) -> bool:
+        return not self.missing
 
     def line(self) -> str:
         done = sum(self.counts.values())
         rate = done / self.seconds if self.seconds > 0 else 0.0
-        return (f"{done} processed in {self.seconds:.1f} s ({rate:.2f}/s): {self.counts.get('ok', 0)} scored, "
-                f"{self.counts.get('rejected', 0)} rejected, {self.counts.get('error', 0)} error(s)"
-                + (f"; {self.skipped} skipped" if self.skipped else ""))
+        parts = [f"{done} processed in {self.seconds:.1f} s ({rate:.2f}/s): "
+                 f"{self.counts.get('ok', 0)} scored, {self.counts.get('rejected', 0)} rejected, "
+                 f"{self.counts.get('error', 0)} error(s)"]
+        if self.already_done:
+            parts.append(f"{self.already_done} done before (resume)")
+        if self.other_shards:
+            parts.append(f"{self.other_shards} in other shards")
+        if self.skipped:
+            parts.append(f"{len(self.skipped)} skipped (listed in {SKIPPED})")
+        if self.missing:
+            parts.append(f"{len(self.missing)} input(s) WITHOUT A RESULT")
+        return "; ".join(parts)
+
+
+def names(values: list[str], limit: int = 10) -> str:
+    """``'a', 'b', ... and 3 more``: a list for a one-line message."""
+    shown = ", ".join(repr(v) for v in values[:limit])
+    return shown + (f" and {len(values) - limit} more" if len(values) > limit else "")
+
+
+def one_line(text: str, limit: int = 400) -> str:
+    """``text`` on one line (whitespace runs collapsed), at most ``limit`` characters."""
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
+# ------------------------------------------------------------------------------ output folder
+def prepare_output(out_dir: str | Path) -> Path:
+    """Create ``out_dir`` and check that it can be written, before any work is done."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"output folder {out}: is a file, not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocker = next((p for p in [out, *out.parents] if p.exists() and not p.is_dir()), None)
+        raise InputError(f"output folder {out}: cannot be created"
+                         + (f" ({blocker} is a file)" if blocker else "")) from None
+    except OSError as e:
+        raise InputError(f"output folder {out}: cannot be created ({e.strerror or e})") from None
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=out)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise InputError(f"output folder {out}: not writable ({e.strerror or e})") from None
+    return out
+
+
+def repair_jsonl(path: Path) -> int:
+    """Cut a last line left unfinished by a crash (no final newline) from ``path``; the cut
+    bytes are appended to ``path.fragment`` for inspection. Returns how many bytes were cut."""
+    if not path.is_file():
+        return 0
+    with path.open("rb+") as f:
+        size = f.seek(0, os.SEEK_END)
+        if size == 0:
+            return 0
+        f.seek(size - 1)
+        if f.read(1) == b"\n":
+            return 0
+        keep, pos = 0, size
+        while pos > 0:  # the last newline, reading backwards
+            start = max(0, pos - (1 << 16))
+            f.seek(start)
+            i = f.read(pos - start).rfind(b"\n")
+            if i >= 0:
+                keep = start + i + 1
+                break
+            pos = start
+        f.seek(keep)
+        cut = f.read()
+        with path.with_name(path.name + ".fragment").open("ab") as g:
+            g.write(cut + b"\n")
+            g.flush()
+            os.fsync(g.fileno())
+        f.truncate(keep)
+        f.flush()
+        os.fsync(f.fileno())
+    return len(cut)
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def write_skipped(path: Path, skipped: list[Skipped]) -> None:
+    """``skipped.csv``: path, reason (one row per path that is not an input)."""
+    import csv
+
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "reason"])
+        for s in skipped:
+            w.writerow([str(s.path), one_line(s.reason)])
+    tmp.replace(path)
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
 # ------------------------------------------------------------------------------ decoding
 class _DecodeDataset:
     """Reads radiographs in DataLoader workers; failures travel back as messages."""
 
-    def __init__(self, items: list[InputItem]):
+    def __init__(self, items: list[InputItem], max_pixels: int | None = None):
         self.items = items
+        self.max_pixels = max_pixels
 
     def __len__(self) -> int:
         return len(self.items)
@@ -66,11 +192,11 @@ class _DecodeDataset:
         if it.error:
             return i, None, it.error
         try:
-            return i, read_radiograph(it.path), None
+            return i, read_radiograph(it.path, max_pixels=self.max_pixels), None
         except ImageReadError as e:
-            return i, None, e.reason
+            return i, None, one_line(e.reason)
         except Exception as e:  # noqa: BLE001 - one bad file must not stop the batch
-            return i, None, f"unreadable ({type(e).__name__}: {e})"
+            return i, None, one_line(f"unreadable ({type(e).__name__}: {e})")
 
 
 def _collate(batch):
@@ -94,6 +220,36 @@ def write_artifacts(out_dir: Path, a: Assessment, pixels) -> None:
         attention_plot(safe_path(out_dir, "plots", f"{name}_attention.png"), a.attention)
 
 
+def _same_file(source: str | None, path: Path) -> bool:
+    if not source:
+        return True
+    try:
+        return Path(source).resolve() == path.resolve()
+    except OSError:
+        return Path(source) == path
+
+
+def _meta_warnings(metadata: dict[str, Meta], items: list[InputItem]) -> list[str]:
+    ids = {it.id for it in items}
+    shared: dict[str, list[str]] = {}
+    for it in items:
+        if it.suffixed:
+            shared.setdefault(it.bare_id, []).append(it.id)
+    out = []
+    if shared:
+        keep = [i for group in shared.values() for i in group]
+        out.append(f"{len(keep)} inputs share a name up to the file suffix, so their ids keep it: "
+                   f"{names(keep)}")
+    ambiguous = [k for k in metadata if k not in ids and k in shared]
+    for k in ambiguous[:10]:
+        out.append(f"metadata row {k!r} matches several inputs ({', '.join(shared[k])}) and is not "
+                   "used: give each of them its own row (id with the suffix)")
+    unknown = [k for k in metadata if k not in ids and k not in shared]
+    if unknown:
+        out.append(f"{len(unknown)} metadata row(s) match no input: {names(unknown)}")
+    return out
+
+
 def score_folder(
     pipeline,
     input: str | Path,
@@ -108,51 +264,80 @@ def score_folder(
     progress: bool = True,
     title: str = "",
     on_result: Callable[[Assessment, object], object] | None = None,
+    max_pixels: int | None = None,
 ) -> BatchSummary:
     """Score every radiograph under ``input`` into ``out_dir`` (see the module docstring).
 
     ``on_result(assessment, pixels)`` is called once per input as its result is written
     (``pixels``: the radiograph as assessed, None for error rows), e.g. to write DICOM results;
-    a failing hook is reported and never costs a result.
+    a failing hook is reported and never costs a result. ``max_pixels``: refuse images
+    declaring more pixels (default: :func:`precise_baa.imaging.max_pixels_limit`).
+    Warnings (metadata rows without input, ids that keep their suffix) go to stderr and
+    :attr:`BatchSummary.warnings`.
     """
     import torch
     from tqdm.auto import tqdm
 
+    from .. import __version__
     from ..report.html import render_report
 
+    if int(batch_size) < 1:
+        raise InputError(f"batch size {batch_size}: must be at least 1")
+    if int(workers) < 0:
+        raise InputError(f"workers {workers}: must be 0 (decode in this process) or more")
+    t0, started = time.perf_counter(), _now()
     out_dir = Path(out_dir)
-    t0 = time.perf_counter()
     jsonl = out_dir / ASSESSMENTS
     if jsonl.exists() and not resume:
         raise InputError(f"{out_dir} already holds results ({ASSESSMENTS}); pass --resume to continue "
                          "that run, or choose another output folder")
     metadata = meta if isinstance(meta, dict) else (read_meta(meta) if meta else {})
-    items = discover(input, exclude=out_dir)
+    found = scan(input, exclude=out_dir)
+    items = found.items
     if not items:
-        raise InputError(f"{input}: no radiographs found (PNG, JPEG, TIFF, BMP or DICOM)")
-    summary = BatchSummary(out_dir=out_dir, total=len(items))
+        listed = f"; {len(found.skipped)} other path(s) skipped, e.g. {found.skipped[0].path}: " \
+                 f"{found.skipped[0].reason}" if found.skipped else ""
+        raise InputError(f"{input}: no radiographs found (PNG, JPEG, TIFF, BMP or DICOM){listed}")
+    shard_text = None
     if shard:
         k, n = parse_shard(shard) if isinstance(shard, str) else shard
+        shard_text = f"{k}/{n}"
+    prepare_output(out_dir)
+    summary = BatchSummary(out_dir=out_dir, total=len(items), skipped=list(found.skipped))
+    summary.warnings = _meta_warnings(metadata, items)
+    for w in summary.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    if shard_text:
         mine = [it for it in items if in_shard(it.id, k, n)]
-        summary.skipped += len(items) - len(mine)
+        summary.other_shards = len(items) - len(mine)
         items = mine
+    summary.inputs = len(items)
+    run = {"complete": False, "input": str(input), "shard": shard_text, "started": started,
+           "package_version": __version__}
+    _write_json(out_dir / RUN, run)
+    write_skipped(out_dir / SKIPPED, summary.skipped)
+    if resume:
+        summary.repaired_bytes = repair_jsonl(jsonl)
+        if summary.repaired_bytes:
+            print(f"note: {jsonl} ended in a line cut short by a crash; its {summary.repaired_bytes} "
+                  f"bytes were moved to {FRAGMENT} and that input is scored again", file=sys.stderr)
     done = read_assessments(jsonl) if resume else {}
-    pending = [it for it in items if done.get(it.id) is None or done[it.id].status == "error"]
-    summary.skipped += len(items) - len(pending)
-    known = {it.id for it in items}
-    unknown_meta = [k for k in metadata if k not in known]
-    if unknown_meta and progress and not shard:
-        print(f"note: {len(unknown_meta)} metadata row(s) match no input (e.g. {unknown_meta[0]!r})",
-              file=sys.stderr)
 
-    out_dir.mkdir(parents=True, exist_ok=True)
+    def redo(it: InputItem) -> bool:
+        a = done.get(it.id)
+        return a is None or a.status == "error" or not _same_file(a.source, it.path)
+
+    pending = [it for it in items if redo(it)]
+    summary.already_done = len(items) - len(pending)
+
     loader = torch.utils.data.DataLoader(
-        _DecodeDataset(pending), batch_size=max(1, batch_size), shuffle=False,
-        num_workers=workers, collate_fn=_collate, persistent_workers=False,
+        _DecodeDataset(pending, max_pixels), batch_size=int(batch_size), shuffle=False,
+        num_workers=int(workers), collate_fn=_collate, persistent_workers=False,
         prefetch_factor=2 if workers > 0 else None,
     )
     bar = tqdm(total=len(pending), disable=not progress, unit="img", desc="scoring", dynamic_ncols=True)
-    with jsonl.open("a", encoding="utf-8") as log:
+    fd = os.open(jsonl, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
         for batch in loader:
             results: list[tuple[Assessment, object]] = []
             ok = []
@@ -164,36 +349,51 @@ def score_folder(
                     ok.append((it, rad))
             results += _assess(pipeline, ok, metadata)
             for a, pixels in results:
-                log.write(a.model_dump_json() + "\n")
+                _append(fd, (a.model_dump_json() + "\n").encode("utf-8"))  # one record, one write
                 summary.counts[a.status] += 1
                 if pictures:
                     try:
                         write_artifacts(out_dir, a, pixels)
                     except Exception as e:  # noqa: BLE001 - a picture never costs a result
-                        print(f"warning: pictures for {a.id} failed: {e}", file=sys.stderr)
+                        print(f"warning: pictures for {a.id} failed: {one_line(str(e))}", file=sys.stderr)
                 if on_result is not None:
                     try:
                         on_result(a, pixels)
                     except Exception as e:  # noqa: BLE001 - neither does a result hook
-                        print(f"warning: {a.id}: result hook failed ({type(e).__name__}: {e})",
-                              file=sys.stderr)
-            log.flush()
-            os.fsync(log.fileno())
+                        print(f"warning: {a.id}: result hook failed ({type(e).__name__}: "
+                              f"{one_line(str(e))})", file=sys.stderr)
+            os.fsync(fd)
             bar.update(len(batch))
             bar.set_postfix(ok=summary.counts["ok"], rejected=summary.counts["rejected"],
                             errors=summary.counts["error"])
-    bar.close()
+    finally:
+        os.close(fd)
+        bar.close()
     every = read_assessments(jsonl)
     ordered = [every[it.id] for it in items if it.id in every]
+    summary.missing = [it.id for it in items if it.id not in every]
     write_results_csv(out_dir / RESULTS, ordered)
     if pictures:
         summary.report = render_report(out_dir, ordered, title=title)
     summary.seconds = time.perf_counter() - t0
+    _write_json(out_dir / RUN, {
+        **run, "complete": summary.complete, "finished": _now(), "seconds": round(summary.seconds, 1),
+        "inputs": summary.inputs, "found": summary.total, "rows": len(ordered),
+        "counts": {k: summary.counts.get(k, 0) for k in ("ok", "rejected", "error")},
+        "done_before": summary.already_done, "other_shards": summary.other_shards,
+        "skipped": len(summary.skipped), "missing": summary.missing, "warnings": summary.warnings,
+    })
     return summary
 
 
+def _append(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
 def _error(it: InputItem, message: str) -> Assessment:
-    return Assessment(id=it.id, source=str(it.path), status="error", reason=message)
+    return Assessment(id=it.id, source=str(it.path), status="error", reason=one_line(message))
 
 
 def _assess(pipeline, ok: list[tuple[InputItem, Radiograph]], metadata: dict[str, Meta]):

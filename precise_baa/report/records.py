@@ -17,7 +17,7 @@ CSV_FIELDS = list(BatchRow.model_fields)
 
 def to_row(a: Assessment) -> BatchRow:
     return BatchRow(
-        id=a.id, source=a.source or "", status=a.status, message=a.reason or "",
+        id=a.id, source=a.source or "", status=a.status, message=" ".join((a.reason or "").split()),
         sex=a.sex, chronological_age_years=a.chronological_age_years,
         bone_age_years=a.bone_age_years, maturity_score=a.maturity_score, standard=a.standard,
         bone_age_minus_chronological_years=a.bone_age_minus_chronological_years,
