@@ -9,7 +9,8 @@ phantoms with the hand crop resized into SIZE x SIZE (recipe ``input_size``), th
 held-out phantoms (``precise-baa evaluate detect``: COCO AP after one-box-per-ROI selection
 and the anatomical checks) and timed on hand crops (batch 1, median). Times are also given as
 ratios to the fixed ResNet-50 reference (benchmarks/reference.py) measured in the same run.
-Each size runs in its own process. The knee of AP against size is where the ROIs stop gaining
+Each size runs in its own process (``--parallel N`` at once; their timings are then taken
+under each other's load, so time the sizes alone, or read the latencies as upper bounds). The knee of AP against size is where the ROIs stop gaining
 from more pixels; the recipe's ``image_scale`` is set there.
 """
 
@@ -51,8 +52,9 @@ def child(args) -> dict:
                             out / "evaluation", progress=False)
     records = load_coco(args.eval / "annotations.json", args.eval / "images").records
     crops = [prepared_example(r)[0] for r in records[: args.timing_n]]
-    det.detect(crops[:1])  # warm-up
     times = []
+    if crops:
+        det.detect(crops[:1])  # warm-up
     for c in crops:
         t = time.perf_counter()
         det.detect([c])
@@ -61,7 +63,7 @@ def child(args) -> dict:
     return {"size": args.size, "map50": res["map50"], "map": res["map"],
             "all_13_found": res["all_13_found"], "worst_roi": worst,
             "worst_ap": res["per_roi"][worst]["ap"], "best_val_map": fit.best_metric,
-            "latency_ms": statistics.median(times), "train_s": train_s,
+            "latency_ms": statistics.median(times) if times else None, "train_s": train_s,
             "per_roi_ap": {k: v["ap"] for k, v in res["per_roi"].items()}}
 
 
@@ -77,6 +79,7 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--timing-n", type=int, default=10)
     p.add_argument("--work", default="runs/detect-input-size")
+    p.add_argument("--parallel", type=int, default=1, help="sizes trained at once (one process each)")
     p.add_argument("--markdown", default=None, help="append the table to this file")
     p.add_argument("--size", type=int, help=argparse.SUPPRESS)
     p.add_argument("--train", type=Path, help=argparse.SUPPRESS)
@@ -95,23 +98,33 @@ def main() -> int:
     ensure_dataset(train, args.train_n, args.seed, size=args.phantom_size, workers=2)
     ensure_dataset(evald, args.eval_n, args.seed + 1, size=args.phantom_size, workers=2)
     ref = Reference.measure(threads=args.threads)
-    rows = []
-    for size in args.sizes:
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+
+    def start(size: int) -> subprocess.Popen:
         cmd = [sys.executable, __file__, "--size", str(size), "--train", str(train), "--eval",
                str(evald), "--recipe", args.recipe, "--epochs", str(args.epochs), "--work",
                str(work), "--seed", str(args.seed), "--threads", str(args.threads),
                "--timing-n", str(args.timing_n)]
-        env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-        line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
-        if line is None:
-            print(proc.stdout[-3000:], proc.stderr[-3000:], file=sys.stderr)
-            raise SystemExit(f"size {size} failed")
-        row = json.loads(line[7:])
-        rows.append(row)
-        print(f"size {size}: mAP {row['map']:.3f}, AP50 {row['map50']:.3f}, all 13 found "
-              f"{100 * row['all_13_found']:.1f} %, worst {row['worst_roi']} {row['worst_ap']:.3f}, "
-              f"{row['latency_ms']:.0f} ms", flush=True)
+        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=env)
+
+    rows = []
+    todo = list(args.sizes)
+    while todo:
+        batch, todo = todo[: args.parallel], todo[args.parallel:]
+        procs = [(size, start(size)) for size in batch]
+        for size, proc in procs:
+            out, err = proc.communicate()
+            line = next((ln for ln in out.splitlines() if ln.startswith("RESULT ")), None)
+            if line is None:
+                print(out[-3000:], err[-3000:], file=sys.stderr)
+                raise SystemExit(f"size {size} failed")
+            row = json.loads(line[7:])
+            rows.append(row)
+            print(f"size {size}: mAP {row['map']:.3f}, AP50 {row['map50']:.3f}, all 13 found "
+                  f"{100 * row['all_13_found']:.1f} %, worst {row['worst_roi']} {row['worst_ap']:.3f}, "
+                  f"{row['latency_ms'] or 0:.0f} ms", flush=True)
+    rows.sort(key=lambda r: r["size"])
     ref.again()
     lines = [
         f"### {time.strftime('%Y-%m-%d')}: `detect_input_size.py --sizes {' '.join(map(str, args.sizes))} "
@@ -127,8 +140,9 @@ def main() -> int:
     ]
     for r in rows:
         lines.append(f"| {r['size']} | {r['map']:.3f} | {r['map50']:.3f} | {100 * r['all_13_found']:.1f} % | "
-                     f"{r['worst_roi']} ({r['worst_ap']:.3f}) | {r['latency_ms']:.0f} | "
-                     f"{ref.ratio(r['latency_ms']):.3f} |")
+                     f"{r['worst_roi']} ({r['worst_ap']:.3f}) | "
+                     + (f"{r['latency_ms']:.0f} | {ref.ratio(r['latency_ms']):.3f} |"
+                        if r["latency_ms"] else "- | - |"))
     text = "\n".join(lines) + "\n"
     print(text)
     (work / "results.json").write_text(json.dumps({"rows": rows, "reference_ms": ref.readings}, indent=2))
