@@ -60,7 +60,9 @@ class RejectPolicy(BaseModel):
     """When the pipeline refuses to report an age rather than guess (autorejection)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    #: a missing or implausible ROI rejects the radiograph (the tables need all 13 stages)
+    #: a missing or implausible ROI rejects the radiograph before grading (the tables need all
+    #: 13 stages for a bone age); false: the ROIs found are still graded and reported, and the
+    #: radiograph is still rejected without a bone age (a partial report, never a guess)
     reject_on_missing_roi: bool = True
     #: flag an ROI whose top stage probability is below this
     low_confidence: float = 0.35
@@ -351,8 +353,10 @@ class Pipeline:
                     flags.append(f)
         score = None
         reason = None
-        if det.missing and self.policy.reject_on_missing_roi:
+        if det.missing:
             reason = "ROI(s) not found or implausible: " + ", ".join(det.missing)
+            if grades is not None:
+                reason += " (the ROIs found are graded; a bone age needs all 13)"
         elif grades is not None:
             low = sum(1 for k in ROI_KEYS if any(f.code == "low_confidence" for f in roi_flags[k]))
             if low > self.policy.max_low_confidence_rois:

@@ -108,6 +108,24 @@ def test_missing_roi_rejects_and_names_it(stages, phantoms):
     a = pipe.assess(r.path, sex=r.sex)
     assert a.status == "rejected" and "dp5" in a.reason
     assert a.bone_age_years is None and a.roi("dp5").box is None
+    assert all(x.stage is None for x in a.rois)  # rejected before grading
+
+
+def test_partial_report_without_autorejection_grades_what_was_found(stages):
+    from precise_baa.pipeline import PipelineRecipe
+
+    table = {k: {**v, "dp5": None} for k, v in stages["table"].items()}
+    ref = {"recipe": "unused"}
+    recipe = PipelineRecipe(segment=ref, detect=ref, grade=ref, score=ref,
+                            reject={"reject_on_missing_roi": False})
+    pipe = Pipeline({"segment": stages["segment"], "detect": OracleDetector(table),
+                     "grade": stages["grade"], "score": stages["score"]}, recipe)
+    r = next(iter(stages["truth"].values()))
+    a = pipe.assess(r.path, sex=r.sex)
+    assert a.status == "rejected" and "dp5" in a.reason and "graded" in a.reason
+    assert a.bone_age_years is None and a.maturity_score is None
+    assert a.roi("dp5").stage is None
+    assert all(x.stage is not None for x in a.rois if x.key != "dp5")
 
 
 def test_missing_sex_is_an_error_not_a_guess(pipe, stages):
