@@ -1,4 +1,8 @@
-"""The scoring loop over many radiographs: decoding workers, batches, resume, outputs.
+"""The scoring loop over many radiographs: inputs, resume, and the one writer of all outputs.
+
+An engine (:mod:`precise_baa.batch.engines`: ``local``, ``ray``) decodes and assesses the
+pending inputs batch by batch; :func:`score_folder` writes what comes back, the same way
+whatever the engine.
 
 Output folder::
 
@@ -32,11 +36,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import ImageReadError, InputError
-from ..imaging import Radiograph, read_radiograph
+from ..errors import InputError
 from ..report import ASSESSMENTS, RESULTS, read_assessments, safe_name, safe_path, write_results_csv
 from ..schemas import Assessment
 from .discovery import InputItem, Skipped, scan
+from .engines import Engine, PipelineSpec, make_engine, one_line
 from .metadata import Meta, read_meta
 from .shards import in_shard, parse_shard
 
@@ -89,12 +93,6 @@ def names(values: list[str], limit: int = 10) -> str:
     """``'a', 'b', ... and 3 more``: a list for a one-line message."""
     shown = ", ".join(repr(v) for v in values[:limit])
     return shown + (f" and {len(values) - limit} more" if len(values) > limit else "")
-
-
-def one_line(text: str, limit: int = 400) -> str:
-    """``text`` on one line (whitespace runs collapsed), at most ``limit`` characters."""
-    flat = " ".join(str(text).split())
-    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
 
 
 # ------------------------------------------------------------------------------ output folder
@@ -176,33 +174,6 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-# ------------------------------------------------------------------------------ decoding
-class _DecodeDataset:
-    """Reads radiographs in DataLoader workers; failures travel back as messages."""
-
-    def __init__(self, items: list[InputItem], max_pixels: int | None = None):
-        self.items = items
-        self.max_pixels = max_pixels
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int):
-        it = self.items[i]
-        if it.error:
-            return i, None, it.error
-        try:
-            return i, read_radiograph(it.path, max_pixels=self.max_pixels), None
-        except ImageReadError as e:
-            return i, None, one_line(e.reason)
-        except Exception as e:  # noqa: BLE001 - one bad file must not stop the batch
-            return i, None, one_line(f"unreadable ({type(e).__name__}: {e})")
-
-
-def _collate(batch):
-    return batch
-
-
 # ------------------------------------------------------------------------------ main loop
 def write_artifacts(out_dir: Path, a: Assessment, pixels) -> None:
     """Overlay, ROI thumbnails and plots of one assessment (nothing for error rows)."""
@@ -265,8 +236,18 @@ def score_folder(
     title: str = "",
     on_result: Callable[[Assessment, object], object] | None = None,
     max_pixels: int | None = None,
+    engine: str | Engine = "local",
+    address: str | None = None,
 ) -> BatchSummary:
     """Score every radiograph under ``input`` into ``out_dir`` (see the module docstring).
+
+    ``pipeline``: a :class:`~precise_baa.pipeline.Pipeline` (or anything with its
+    ``assess_batch``), or a :class:`~precise_baa.batch.engines.PipelineSpec` to build one.
+    ``engine``: ``"local"`` (this process; ``workers`` decoding processes), ``"ray"`` (Ray
+    Data: ``workers`` pipeline actors, 0 = as many as the cluster holds; ``address`` joins a
+    running cluster, else a local one is started; ``pipeline`` must be a PipelineSpec) or an
+    engine object (:mod:`precise_baa.batch.engines`). Whatever the engine, this function
+    writes every output, so they are the same.
 
     ``on_result(assessment, pixels)`` is called once per input as its result is written
     (``pixels``: the radiograph as assessed, None for error rows), e.g. to write DICOM results;
@@ -275,7 +256,6 @@ def score_folder(
     Warnings (metadata rows without input, ids that keep their suffix) go to stderr and
     :attr:`BatchSummary.warnings`.
     """
-    import torch
     from tqdm.auto import tqdm
 
     from .. import __version__
@@ -285,6 +265,10 @@ def score_folder(
         raise InputError(f"batch size {batch_size}: must be at least 1")
     if int(workers) < 0:
         raise InputError(f"workers {workers}: must be 0 (decode in this process) or more")
+    engine = make_engine(engine, workers=int(workers), address=address)
+    if engine.name != "local" and not isinstance(pipeline, PipelineSpec):
+        raise InputError(f"the {engine.name} engine builds the pipeline in its own workers: pass a "
+                         "PipelineSpec (the recipe and options), not a built pipeline")
     t0, started = time.perf_counter(), _now()
     out_dir = Path(out_dir)
     jsonl = out_dir / ASSESSMENTS
@@ -312,8 +296,8 @@ def score_folder(
         summary.other_shards = len(items) - len(mine)
         items = mine
     summary.inputs = len(items)
-    run = {"complete": False, "input": str(input), "shard": shard_text, "started": started,
-           "package_version": __version__}
+    run = {"complete": False, "input": str(input), "shard": shard_text, "engine": engine.name,
+           "started": started, "package_version": __version__}
     _write_json(out_dir / RUN, run)
     write_skipped(out_dir / SKIPPED, summary.skipped)
     if resume:
@@ -330,24 +314,13 @@ def score_folder(
     pending = [it for it in items if redo(it)]
     summary.already_done = len(items) - len(pending)
 
-    loader = torch.utils.data.DataLoader(
-        _DecodeDataset(pending, max_pixels), batch_size=int(batch_size), shuffle=False,
-        num_workers=int(workers), collate_fn=_collate, persistent_workers=False,
-        prefetch_factor=2 if workers > 0 else None,
-    )
     bar = tqdm(total=len(pending), disable=not progress, unit="img", desc="scoring", dynamic_ncols=True)
     fd = os.open(jsonl, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    batches = engine.run(pipeline, pending, metadata, batch_size=int(batch_size),
+                         max_pixels=max_pixels, pixels=pictures or on_result is not None
+                         ) if pending else iter(())
     try:
-        for batch in loader:
-            results: list[tuple[Assessment, object]] = []
-            ok = []
-            for i, rad, err in batch:
-                it = pending[i]
-                if err is not None:
-                    results.append((_error(it, err), None))
-                else:
-                    ok.append((it, rad))
-            results += _assess(pipeline, ok, metadata)
+        for results in batches:
             for a, pixels in results:
                 _append(fd, (a.model_dump_json() + "\n").encode("utf-8"))  # one record, one write
                 summary.counts[a.status] += 1
@@ -363,10 +336,11 @@ def score_folder(
                         print(f"warning: {a.id}: result hook failed ({type(e).__name__}: "
                               f"{one_line(str(e))})", file=sys.stderr)
             os.fsync(fd)
-            bar.update(len(batch))
+            bar.update(len(results))
             bar.set_postfix(ok=summary.counts["ok"], rejected=summary.counts["rejected"],
                             errors=summary.counts["error"])
     finally:
+        getattr(batches, "close", lambda: None)()  # an engine's generator cleans up (Ray)
         os.close(fd)
         bar.close()
     every = read_assessments(jsonl)
@@ -390,29 +364,3 @@ def _append(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view):]
-
-
-def _error(it: InputItem, message: str) -> Assessment:
-    return Assessment(id=it.id, source=str(it.path), status="error", reason=one_line(message))
-
-
-def _assess(pipeline, ok: list[tuple[InputItem, Radiograph]], metadata: dict[str, Meta]):
-    """Assess a decoded batch; if the batch fails as a whole, retry one by one to isolate it."""
-    if not ok:
-        return []
-    sexes = [metadata[it.id].sex if it.id in metadata else None for it, _ in ok]
-    ages = [metadata[it.id].chronological_age if it.id in metadata else None for it, _ in ok]
-    ids = [it.id for it, _ in ok]
-    rads = [rad for _, rad in ok]
-    try:
-        out = pipeline.assess_batch(rads, sexes, ages, ids)
-        return [(a, rad.pixels) for a, rad in zip(out, rads, strict=True)]
-    except Exception:  # noqa: BLE001
-        if len(ok) == 1:
-            it, rad = ok[0]
-            try:
-                a = pipeline.assess_batch([rad], sexes, ages, ids)[0]
-                return [(a, rad.pixels)]
-            except Exception as e:  # noqa: BLE001
-                return [(_error(it, f"internal error: {type(e).__name__}: {e}"), None)]
-        return [r for pair in ok for r in _assess(pipeline, [pair], metadata)]
