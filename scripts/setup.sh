@@ -141,7 +141,7 @@ if ! mmcv_ok; then
 fi
 
 pip_install "mmdet==$MMDET_VERSION"
-pip_install -e "$ROOT[dev,dicom-codecs,onnx]"
+pip_install -e "$ROOT[dev,dicom-codecs,onnx,ray]"
 
 "$VPY" -c "from mmcv.ops import RoIAlign, nms, SAConv2d; import mmdet, segmentation_models_pytorch" \
   || { log "the installed stack does not import"; exit 1; }

@@ -2,7 +2,9 @@
 
 - :mod:`.discovery`: inputs of a folder / file list / file and their ids;
 - :mod:`.metadata`: the sidecar CSV (sex, chronological age per id);
-- :mod:`.loop`: :func:`score_folder`, decoding in workers, batches, resume, outputs;
+- :mod:`.loop`: :func:`score_folder`, batches, resume, and the one writer of every output;
+- :mod:`.engines`: the batch function (:func:`score_items`: decode, assess) and the engines
+  that map it, ``local`` (:class:`LocalEngine`) and ``ray`` (:mod:`.ray_engine`);
 - :mod:`.shards`: ``--shard K/N`` and :func:`merge_shards`;
 - :mod:`.cli`: the ``score`` / ``demo`` / ``merge`` / ``evaluate pipeline`` commands (argparse only
   at import, so ``precise-baa --help`` stays fast).
@@ -28,6 +30,8 @@ _EXPORTS = {
     "Meta": "metadata", "read_meta": "metadata",
     "BatchSummary": "loop", "prepare_output": "loop", "repair_jsonl": "loop",
     "score_folder": "loop", "write_artifacts": "loop",
+    "LocalEngine": "engines", "PipelineSpec": "engines", "make_engine": "engines",
+    "score_items": "engines", "RayEngine": "ray_engine",
     "IncompleteShardsError": "shards", "check_shards": "shards", "in_shard": "shards",
     "merge_shards": "shards", "parse_shard": "shards", "shard_dir": "shards",
 }

@@ -32,7 +32,8 @@ def _batch_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=positive_int, default=4,
                    help="radiographs per model batch (default 4); results do not depend on it")
     p.add_argument("--workers", type=non_negative_int, default=0,
-                   help="decoding worker processes (default 0)")
+                   help="local engine: decoding worker processes (default 0); ray engine: pipeline "
+                        "actors (default 0: one per GPU of the cluster, else one per CPU but one)")
     p.add_argument("--no-pictures", action="store_true",
                    help="skip overlays, thumbnails, plots and report.html (faster)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -68,6 +69,12 @@ def add_commands(sub) -> None:
     s.add_argument("--shard", type=shard_arg, default=None, metavar="K/N",
                    help="score only shard K of N (stable by id); output goes to OUT/shard-K-of-N; "
                         "combine with `precise-baa merge OUT`")
+    s.add_argument("--engine", choices=["local", "ray"], default="local",
+                   help="local: this process (default); ray: Ray Data, decoding in tasks and the "
+                        "pipeline in a pool of actors (pip install 'precise-baa[ray]'); same outputs")
+    s.add_argument("--address", default=None, metavar="ADDR",
+                   help="with --engine ray: join this running Ray cluster (auto, HOST:6379 or "
+                        "ray://HOST:10001) instead of starting a local one")
     _pipeline_args(s)
     _batch_args(s)
     s.set_defaults(func=handler("precise_baa.batch.cli:cmd_score"))
@@ -166,14 +173,34 @@ def _finish(summary, quiet: bool = False) -> int:
     return 1 if summary.failed else 0
 
 
+def _spec(args):
+    from .engines import PipelineSpec
+
+    return PipelineSpec(recipe=args.pipeline, overrides=_overrides(args), device=args.device,
+                        precision=args.precision, trust=getattr(args, "trust_recipe", False),
+                        allow_unverified=getattr(args, "allow_unverified_weights", False))
+
+
 def cmd_score(args) -> int:
+    from ..errors import InputError
     from . import prepare_output, read_meta, score_folder, shard_dir
 
+    if args.address is not None and args.engine != "ray":
+        raise InputError(f"--address {args.address}: joins a Ray cluster; add --engine ray")
+    if args.engine == "ray":
+        from .ray_engine import require_ray
+
+        require_ray()  # says how to install it
     out = shard_dir(args.out, args.shard) if args.shard is not None else Path(args.out)
     prepare_output(out)  # a bad --out or --meta fails now, not after the models are loaded
     meta = read_meta(args.meta) if args.meta else None
-    pipe = _build(args)
-    if pipe.phantom_trained:
+    if args.engine == "ray":  # the actors build the pipeline; built here once (CPU) to check it
+        target = _spec(args)
+        phantom = target.build(device="cpu").phantom_trained
+    else:
+        target = _build(args)
+        phantom = target.phantom_trained
+    if phantom:
         print("note: these weights are phantom-trained (synthetic radiographs only): results are "
               "not clinical", file=sys.stderr)
     dicom = None
@@ -182,9 +209,9 @@ def cmd_score(args) -> int:
 
         dicom = DicomWriter(out)
     summary = score_folder(
-        pipe, args.input, out, meta=meta, batch_size=args.batch_size, workers=args.workers,
+        target, args.input, out, meta=meta, batch_size=args.batch_size, workers=args.workers,
         resume=args.resume, shard=args.shard, pictures=not args.no_pictures, progress=not args.quiet,
-        on_result=dicom, max_pixels=args.max_pixels,
+        on_result=dicom, max_pixels=args.max_pixels, engine=args.engine, address=args.address,
     )
     if dicom is not None:
         print(dicom.line(), file=sys.stderr)
