@@ -11,6 +11,12 @@
    config as data + a card) to ``out_dir``, the last one to ``out_dir/last``, and the epoch
    history to ``out_dir/history.json``. No pickled checkpoint is written; mmengine's logs and
    the config it ran go to ``out_dir/logs``.
+
+Under torchrun (``WORLD_SIZE > 1``) the Runner runs with mmengine's ``pytorch`` launcher: the
+process group is joined first (:func:`precise_baa.training.setup_distributed`: gloo on CPU,
+nccl on GPU), each process trains on its share of every batch (mmengine's distributed
+sampler; the config's batch size is per process), validation is gathered across processes,
+and process 0 writes the weights and history.
 """
 
 from __future__ import annotations
@@ -32,7 +38,15 @@ from ..data import ImageRecord, load_coco, read_mask, split_records
 from ..errors import InputError
 from ..paths import display_path
 from ..rois import ROI_KEYS
-from ..training import FitResult
+from ..training import (
+    DistInfo,
+    FitResult,
+    dist_info,
+    finish_distributed,
+    launched_distributed,
+    run_on_main,
+    setup_distributed,
+)
 from ..weights import PHANTOM_NOTICE, save_weights
 from .config import load_config, register_mmdet, resolved_recipe
 from .recipe import DetectRecipe
@@ -113,10 +127,20 @@ def _set_dataset(loader: Any, root: Path, ann: str) -> None:
 
 
 def _configure(cfg: Any, root: Path, work_dir: Path, *, has_val: bool, epochs: int,
-               batch_size: int | None, workers: int | None, n_train: int, seed: int) -> None:
+               batch_size: int | None, workers: int | None, n_train: int, seed: int,
+               distributed: DistInfo | None = None) -> None:
     cfg.work_dir = str(work_dir)
     cfg.randomness = {"seed": seed}
     cfg.launcher = "none"
+    if distributed is not None:  # the process group is already joined; mmengine wraps the model
+        cfg.launcher = "pytorch"
+        cfg.env_cfg = {**dict(cfg.get("env_cfg") or {}),
+                       "dist_cfg": {"backend": distributed.backend}}
+        if distributed.backend == "gloo":  # CPU: DistributedDataParallel takes no device ids
+            cfg.model_wrapper_cfg = {
+                "type": "MMDistributedDataParallel", "device_ids": None,
+                "broadcast_buffers": False,
+                "find_unused_parameters": bool(cfg.get("find_unused_parameters", False))}
     loaders = ["train_dataloader"] + (["val_dataloader"] if has_val else [])
     for name in loaders:
         loader = cfg[name]
@@ -128,7 +152,8 @@ def _configure(cfg: Any, root: Path, work_dir: Path, *, has_val: bool, epochs: i
     if batch_size is not None:
         cfg.train_dataloader["batch_size"] = batch_size
     bs = int(cfg.train_dataloader.get("batch_size", 1))
-    iters = max(1, math.ceil(n_train / bs))
+    processes = distributed.world_size if distributed is not None else 1
+    iters = max(1, math.ceil(n_train / (bs * processes)))  # per process
     _stretch_schedule(cfg, epochs, iters)
     if has_val:
         cfg.val_evaluator = {**dict(cfg.get("val_evaluator") or {"type": "CocoMetric"}),
@@ -181,7 +206,7 @@ def _export_hook(out_dir: Path, recipe: DetectRecipe, card: dict[str, Any], has_
                 self._save(runner, out_dir, {"epoch": epoch})
                 self.best_epoch = epoch
             self._save(runner, out_dir / "last", {"epoch": epoch})
-            (out_dir / "history.json").write_text(json.dumps(self.history, indent=2) + "\n")
+            self._write_history(runner)
 
         def after_val_epoch(self, runner, metrics=None) -> None:
             metrics = {k: float(v) for k, v in (metrics or {}).items()
@@ -194,11 +219,16 @@ def _export_hook(out_dir: Path, recipe: DetectRecipe, card: dict[str, Any], has_
             if value > self.best:
                 self.best, self.best_epoch = value, row["epoch"]
                 self._save(runner, out_dir, row)
-            (out_dir / "history.json").write_text(json.dumps(self.history, indent=2) + "\n")
+            self._write_history(runner)
+
+        def _write_history(self, runner) -> None:
+            if runner.rank == 0:  # under torchrun, process 0 writes
+                (out_dir / "history.json").write_text(json.dumps(self.history, indent=2) + "\n")
 
         def _save(self, runner, where: Path, metrics: dict[str, Any]) -> None:
-            save_weights(where, self._state(runner), recipe,
-                         card={**card, "metrics": metrics, "history": self.history})
+            if runner.rank == 0:
+                save_weights(where, self._state(runner), recipe,
+                             card={**card, "metrics": metrics, "history": self.history})
 
     return ExportWeights()
 
@@ -243,6 +273,11 @@ def train_detector(
     if pretrained is not None:
         recipe = recipe.model_copy(update={"pretrained": pretrained})
     _check_device(device)
+    if launched_distributed():  # torchrun: join the group before mmengine looks for it
+        import torch
+
+        setup_distributed("cuda" if torch.cuda.is_available() else "cpu")
+    distributed = dist_info()
     manifest = load_coco(coco, images_dir)
     usable = [r for r in manifest.records if r.boxes]
     if len(usable) < len(manifest.records):
@@ -273,6 +308,8 @@ def train_detector(
         "training": {"epochs": epochs, "batch_size": batch_size or cfg.train_dataloader.get("batch_size"),
                      "pretrained": recipe.pretrained, "device": device or "auto"},
         "metric": f"{METRIC}: COCO bbox mAP (IoU 0.5:0.95) on the validation split",
+        **({"distributed": {"world_size": distributed.world_size, "backend": distributed.backend}}
+           if distributed is not None else {}),
         **({"init_weights": display_path(init_weights)} if init_weights is not None else {}),
         **dict(card_extra or {}),
     }
@@ -289,21 +326,23 @@ def train_detector(
         if has_val:
             write_coco_split(val_recs, root, "val")
         _configure(cfg, root, out_dir / "logs", has_val=has_val, epochs=epochs,
-                   batch_size=batch_size, workers=workers, n_train=len(train_recs), seed=seed)
+                   batch_size=batch_size, workers=workers, n_train=len(train_recs), seed=seed,
+                   distributed=distributed)
         register_mmdet()
         runner = Runner.from_cfg(cfg)
-        with quiet_mmengine():  # initialise here, without a report line per parameter
-            runner.model.init_weights()
-        if init_weights is not None:
-            from mmengine.model import is_model_wrapper
+        from mmengine.model import is_model_wrapper
 
+        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+        with quiet_mmengine():  # initialise here, without a report line per parameter
+            model.init_weights()
+        if init_weights is not None:
             from ..weights import load_into, load_weights
 
-            model = runner.model.module if is_model_wrapper(runner.model) else runner.model
             load_into(model, load_weights(init_weights))
         hook = _export_hook(out_dir, stored, card, has_val)
         runner.register_hook(hook)
         runner.train()
+        finish_distributed()
     best = hook.best if has_val else math.nan
     return FitResult(out_dir, best, hook.best_epoch, hook.history, time.time() - t0)
 
@@ -447,9 +486,13 @@ def self_train_detector(
         teacher = Path(init_weights)
     first_teacher, students, summary = teacher, [], []
     for r in range(1, rounds + 1):
-        manifest, counts = pseudo_label(teacher, unlabelled, out_dir / "pseudo-labels" / f"round-{r}",
-                                        segment=segment, threshold=threshold, device=device,
-                                        progress=progress)
+        if launched_distributed():  # torchrun: process 0 pseudo-labels, the others wait for it
+            import torch
+
+            setup_distributed("cuda" if torch.cuda.is_available() else "cpu")
+        manifest, counts = run_on_main(lambda t=teacher, r=r: pseudo_label(
+            t, unlabelled, out_dir / "pseudo-labels" / f"round-{r}", segment=segment,
+            threshold=threshold, device=device, progress=progress))
         if not counts["kept"]:
             raise InputError(f"{unlabelled}: no radiograph got 13 plausible boxes scoring >= "
                              f"{threshold} from {teacher}; lower --pseudo-threshold or train the "

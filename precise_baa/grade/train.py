@@ -44,7 +44,9 @@ from ..training import (
     fit,
     make_loaders,
     pick_device,
+    run_on_main,
     seed_everything,
+    setup_distributed,
     with_training_overrides,
 )
 from ..weights import PHANTOM_NOTICE
@@ -373,7 +375,7 @@ def train_grader(
     if supervision not in SUPERVISION:
         raise InputError(f"supervision {supervision!r}: use one of {', '.join(SUPERVISION)}")
     t = recipe.training
-    device = pick_device(device)
+    device = setup_distributed(pick_device(device))  # under torchrun: this process's device
     seed_everything(seed)
     manifest = load_coco(coco, images_dir)
     all_records = manifest.records
@@ -381,9 +383,11 @@ def train_grader(
     if boxes_from is not None or segment is not None:
         from ..labels.predicted import with_predicted_labels
 
-        all_records, predicted = with_predicted_labels(
-            all_records, Path(out_dir) / "predicted-labels", detect=boxes_from, segment=segment,
-            device=device, progress=progress)
+        records = all_records
+        all_records, predicted = run_on_main(  # under torchrun: process 0 predicts, shares
+            lambda: with_predicted_labels(
+                records, Path(out_dir) / "predicted-labels", detect=boxes_from, segment=segment,
+                device=device, progress=progress))
         log.info("predicted labels: %s", predicted)
     sup = supervised_records(all_records, recipe, supervision, str(coco))
     by_age = supervision != "stages"
@@ -398,7 +402,7 @@ def train_grader(
         device=device, cache=cache)
     train_recs = loaders.train_items
     val_recs = loaders.val_items or loaders.train_items
-    train_ds, train_loader, val_loader = loaders.train_ds, loaders.train, loaders.val
+    train_loader, val_loader = loaders.train, loaders.val
     staged = [r for r in train_recs if sup.use_stages.get(r.id, False)]
 
     model = build_model(recipe)
@@ -410,10 +414,6 @@ def train_grader(
     weights = class_weights(staged, recipe.standard, power=t.class_weight_power,
                             smoothing=t.class_weight_smoothing)
     scorer = DifferentiableScorer(recipe.standard).to(device)
-
-    def train_batches(epoch: int):
-        train_ds.epoch = epoch
-        return iter(train_loader)
 
     def loss_fn(model, batch):
         crops, labels, sex, present, *rest = (x.to(device, non_blocking=True) for x in batch)
@@ -471,7 +471,7 @@ def train_grader(
                   "mean_accuracy: validation exact stage accuracy averaged over the 13 ROIs",
         **input_card(recipe),
     }
-    return fit(model, train_batches, loss_fn, validate, metric=metric, out_dir=out_dir,
+    return fit(model, loaders.batches, loss_fn, validate, metric=metric, out_dir=out_dir,
                recipe=recipe, card=card, epochs=t.epochs, lr=t.lr, weight_decay=t.weight_decay,
                device=device, steps_per_epoch=len(train_loader), progress=progress,
                higher_is_better=not by_age)

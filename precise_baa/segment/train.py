@@ -36,6 +36,7 @@ from ..training import (
     make_loaders,
     pick_device,
     seed_everything,
+    setup_distributed,
     with_training_overrides,
 )
 from .base import letterbox
@@ -215,7 +216,7 @@ def train_segmenter(
     recipe = with_training_overrides(recipe, epochs=epochs, batch_size=batch_size, lr=lr,
                                      val_fraction=val_fraction)
     t = recipe.training
-    device = pick_device(device)
+    device = setup_distributed(pick_device(device))  # under torchrun: this process's device
     seed_everything(seed)
     data = Path(data)
     pairs = segmentation_pairs(data)
@@ -223,7 +224,7 @@ def train_segmenter(
         pairs, lambda items, train: SegmentationDataset(items, recipe, train=train, seed=seed, cache=cache),
         val_fraction=t.val_fraction, seed=seed, batch_size=t.batch_size,
         val_batch_size=max(t.batch_size, 8), workers=workers, device=device, cache=cache)
-    train_ds, train_loader, val_loader = loaders.train_ds, loaders.train, loaders.val
+    train_loader, val_loader = loaders.train, loaders.val
 
     model = build_unet(recipe, pretrained=init_weights is None)
     if init_weights is not None:
@@ -231,10 +232,6 @@ def train_segmenter(
 
         load_into(model, load_weights(init_weights))
     segmenter = UnetSegmenter(model, recipe, device=device)
-
-    def train_batches(epoch: int):
-        train_ds.epoch = epoch
-        return iter(train_loader)
 
     def loss_fn(model, batch):
         x, y = (v.to(device, non_blocking=True) for v in batch)
@@ -253,6 +250,6 @@ def train_segmenter(
                   "(before cleanup); precise-baa evaluate segment gives full-size metrics",
         **input_card(recipe),
     }
-    return fit(model, train_batches, loss_fn, validate, metric="dice", out_dir=out_dir,
+    return fit(model, loaders.batches, loss_fn, validate, metric="dice", out_dir=out_dir,
                recipe=recipe, card=card, epochs=t.epochs, lr=t.lr, weight_decay=t.weight_decay,
                device=device, steps_per_epoch=len(train_loader), progress=progress)
