@@ -7,11 +7,13 @@ from mmengine.config import read_base
 with read_base():
     from ._base_.detectors_cascade_rcnn import *  # noqa: F401,F403
 
-image_scale = (384, 384)  # the resized hand crop fits in this box (keep_ratio)
+# the resized hand crop fits in this box (keep_ratio); benchmarks/detect_input_size.py found no
+# AP gain above 256 px for the 13 ROIs (benchmarks/RESULTS.md), and the time grows with its area
+image_scale = (256, 256)
 base_channels = 16  # a quarter of ResNet-50's width (stage outputs 64, 128, 256, 512)
 fpn_channels = 64  # RFP/FPN width; ASPP gives fpn_channels // 4 per branch
 fc_channels = 256  # box head width
-anchor_scale = 4  # anchor side = anchor_scale x stride (small bones are ~15-25 px at 384)
+anchor_scale = 4  # anchor side = anchor_scale x stride (small bones are ~10-17 px at 256)
 rpn_proposals = (500, 300)  # kept after NMS: training, testing
 rcnn_samples = 128  # RoIs sampled per image and cascade stage in training
 batch_size = 4
