@@ -152,15 +152,20 @@ def test_higher_stage_means_more_epiphysis():
     seed = 6
     for key in ROI_KEYS:
         n = num_stages(key)
-        means = []
+        means, grown = [], []
         for s in range(n):
             p = render_phantom(seed, SIZE, stages={key: s})
             means.append(crop(p.image, p.boxes[key]).mean())
+            grown.append(p)
         means = np.asarray(means)
         steps = np.diff(means)
         assert steps.min() > -2e-3, (key, steps)  # monotone up to rasterisation
         assert (means[2:] > means[:-2]).all(), (key, means)  # two stages apart: strictly more
-        assert means[-1] - means[0] > 0.03, key  # distant stages differ clearly
+        # distant stages differ clearly (the epiphysis is about as dense as the metaphysis,
+        # so the whole box gains less than the epiphysis' own place)
+        assert means[-1] - means[0] > 0.02, key
+        e = grown[-1].epiphysis_boxes[key]
+        assert crop(grown[-1].image, e).mean() - crop(grown[0].image, e).mean() > 0.05, key
 
 
 def test_masks_cover_the_hand_and_exclude_markers(phantoms):
@@ -375,10 +380,117 @@ def test_carpals_and_sesamoid_appear_with_maturity():
 
 def test_preprocessed_maturity_appearance_is_monotone():
     for key in ("radius", "mc3", "dp3"):
-        means = []
+        means, grown = [], []
         for s in range(num_stages(key)):
             p = render_phantom(8, SIZE, style="preprocessed", stages={key: s})
             means.append(crop(p.image, p.boxes[key]).mean())
+            grown.append(p)
         steps = np.diff(means)
         assert steps.min() > -3e-3, (key, steps)
-        assert means[-1] - means[0] > 0.03, key
+        assert means[-1] - means[0] > 0.02, key
+        e = grown[-1].epiphysis_boxes[key]
+        assert crop(grown[-1].image, e).mean() - crop(grown[0].image, e).mean() > 0.05, key
+
+
+# --------------------------------------------------------------------------------------------
+# radiographic detail: cortical rims, physical blur, physis line, carpals
+def test_every_bone_part_has_a_bright_cortical_rim():
+    from precise_baa.synth.labels import sample_labels
+    from precise_baa.synth.render import _BoneCanvas, _draw_bones, sample_pose
+
+    # one solid: its rim (just inside the outline) is brighter than its core
+    canvas = _BoneCanvas((60, 60), np.zeros((4, 60, 60), np.float32), rim_px=1.5)
+    square = np.array([[10.0, 10.0], [50.0, 10.0], [50.0, 50.0], [10.0, 50.0]])
+    canvas.add([(square, 1.0, 20.0, 0.08, 0.3, 0.4)])
+    bone = canvas.cortical + canvas.trabecular
+    ring = bone[9:13, 15:45].max(0).mean(), bone[15:45, 9:13].max(1).mean()
+    assert min(ring) > bone[25:35, 25:35].mean() + 0.2, (ring, bone[25:35, 25:35].mean())
+    assert bone[5, 30] == 0 and bone[30, 55] == 0  # nothing outside
+
+    # in a hand: the outline of each epiphysis (what stage 0 -> 7 adds) is brighter than its
+    # inside
+    labels = sample_labels(np.random.default_rng(0), stages=all_stages(0.0))
+    hand = build_hand(np.random.default_rng(1), 12.0, labels.sex)
+    pose = sample_pose(np.random.default_rng(2), hand, (768, 768), "raw")
+    flat = np.zeros((4, 768, 768), np.float32)
+
+    def bone_map(stages):
+        canvas, epi = _draw_bones(hand, stages, pose, (768, 768), 0.28, flat, rim=0.35, rim_px=1.5)
+        return canvas.cortical + canvas.trabecular, epi
+
+    bare, _ = bone_map(labels.stages)
+    for key in ("radius", "ulna", "mc3", "pp3", "dp5"):
+        grown, epi = bone_map({**labels.stages, key: 7})
+        added = grown - bare
+        region = (added > 0.02).astype(np.uint8)
+        core = cv2.erode(region, np.ones((7, 7), np.uint8)) > 0
+        ring = (region > 0) & ~(cv2.erode(region, np.ones((5, 5), np.uint8)) > 0)  # 2 px
+        assert core.sum() > 5, key
+        assert np.percentile(added[ring], 75) > np.median(added[core]) + 0.1, key
+
+
+def _sharpness(image: np.ndarray, mask: np.ndarray) -> float:
+    gx = cv2.Sobel(image, cv2.CV_32F, 1, 0, ksize=3)
+    gy = cv2.Sobel(image, cv2.CV_32F, 0, 1, ksize=3)
+    g = np.hypot(gx, gy)[mask]
+    return float(g[g >= np.percentile(g, 95)].mean())
+
+
+def test_blur_is_a_physical_length_not_a_pixel_count():
+    # the same hand at twice the pixels, brought back to the smaller size, is as sharp
+    for seed in (3, 5):
+        small = render_phantom(seed, 640, style="preprocessed")
+        large = render_phantom(seed, 1280, style="preprocessed")
+        down = cv2.resize(large.image, small.image.shape[::-1], interpolation=cv2.INTER_AREA)
+        mask = cv2.erode(small.mask.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+        ratio = _sharpness(down, mask) / _sharpness(small.image, mask)
+        assert 0.75 < ratio < 1.33, (seed, ratio)
+    # ... and crisp: a 768 px phantom's steepest edges rise over about a pixel
+    p = render_phantom(4, 768, style="preprocessed", chronological_age=12.0)
+    mask = cv2.erode(p.mask.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+    assert _sharpness(p.image, mask) > 0.25
+
+
+def test_physis_follows_a_wavy_line_and_the_young_ulna_is_cupped():
+    from precise_baa.synth.maturity import gap, growth_region, physis_curve
+
+    shape = (0.02, 0.03, 2.0, 0.7)
+    for kind in ("disc", "head", "radius", "ulna"):
+        for p in (0.3, 0.6, 0.9):
+            region = growth_region(kind, p, physis=shape)
+            end = region.end
+            assert end[0, 0] < 0 < end[-1, 0] and np.ptp(end[:, 1]) > 0.01  # not a straight cut
+            # the epiphysis' physeal side stays at least the gap's width above the curve
+            n = len(region.epiphysis) // 2
+            bottom = region.epiphysis[:n]
+            inside = np.abs(bottom[:, 0]) < 0.3  # the middle (capping lips reach down beside)
+            above = bottom[inside, 1] - physis_curve(kind, p, bottom[inside, 0], shape)
+            assert above.min() >= gap(p) - 1e-9, (kind, p, above.min())
+    # the young distal ulna ends cupped (middle lower than the edges), flattening with age
+    cup = [growth_region("ulna", p).end for p in (0.0, 0.2, 0.5)]
+    depth = [0.5 * (e[0, 1] + e[-1, 1]) - e[len(e) // 2, 1] for e in cup]
+    assert depth[0] > 0.05 and depth[0] > depth[1] > depth[2] - 1e-9
+    # fused: the bridge follows the curve, the dense line fades but stays (a scar)
+    young, fused = growth_region("disc", 0.3, physis=shape), growth_region("disc", 1.0, physis=shape)
+    assert fused.fuse == 1.0 and fused.bridge is not None and young.bridge is None
+    assert 0 < fused.band_density < young.band_density
+
+
+def test_mature_carpals_are_angular():
+    from dataclasses import replace
+
+    def peakiness(pts: np.ndarray) -> float:  # largest turn of the outline / the mean turn
+        d = np.diff(np.concatenate([pts, pts[:1]]), axis=0)
+        a = np.arctan2(d[:, 1], d[:, 0])
+        turn = np.abs((np.diff(np.concatenate([a, a[:1]])) + np.pi) % (2 * np.pi) - np.pi)
+        return float(turn.max() / turn.mean())
+
+    h = build_hand(np.random.default_rng(3), 16.0, "M")
+    for carpal in h.carpals:
+        assert 5 <= len(carpal.corners) <= 7
+        mature = carpal.outline(16.0)
+        smooth = replace(carpal, corners=()).outline(16.0)
+        assert peakiness(mature) > 1.2 * peakiness(smooth), carpal
+        # a young nucleus is round: corners come with growth
+        young = carpal.outline(carpal.appears_at + 0.3)
+        assert peakiness(young) < peakiness(mature)

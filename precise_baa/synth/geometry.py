@@ -79,6 +79,8 @@ class TubularBone:
     p_offset: float = 0.0  # maturity offset of a non-graded bone from its sibling
     axial: float = 1.0  # foreshortening along the bone (flexed finger: < 1)
     cortex: float = 0.4  # cortical wall thickness / shaft half width at mid-shaft
+    #: the physis line's bend, wave amplitude, waves across and phase (maturity.physis_curve)
+    physis_shape: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 0.0)
 
     @property
     def axis_out(self) -> np.ndarray:
@@ -110,13 +112,17 @@ class TubularBone:
     def _profile(self, t: np.ndarray, length: float) -> np.ndarray:
         """Half width (units) along the shaft, t = 0 at the far end, 1 at the physis."""
         far_zone = min(0.35, 1.2 * self.width / length)
-        flare = min(0.45, 1.4 * self.width / length)
-        w = (self.shaft + (self.far - self.shaft) * np.clip(1 - t / far_zone, 0, 1) ** 2
-             + (1 - self.shaft) * np.clip((t - 1 + flare) / flare, 0, 1) ** 2)
+        flare = min(0.45, (1.0 if self.kind in ("radius", "ulna") else 1.4) * self.width / length)
+        # concave (waisted) shaft flaring into a trumpet-shaped metaphysis
+        w = (self.shaft + (self.far - self.shaft) * np.clip(1 - t / far_zone, 0, 1) ** 2.2
+             + (1 - self.shaft) * np.clip((t - 1 + flare) / flare, 0, 1) ** 2.4)
         return 0.5 * self.width * w
 
-    def shaft_outline(self, n: int = 18) -> np.ndarray:
-        """Outline (units) of diaphysis + metaphysis: far end cap to the physis."""
+    def shaft_outline(self, n: int = 24, end: np.ndarray | None = None) -> np.ndarray:
+        """Outline (units) of diaphysis + metaphysis: far end cap to the physis.
+
+        ``end``: the metaphysis end as (u, v) points of the growth-region frame, from the
+        -u to the +u edge (None: a straight cut at the physis)."""
         far_end = self.dist if self.growth_at == "prox" else self.prox
         e = self.axis_out
         nrm = np.array([-e[1], e[0]])
@@ -132,8 +138,13 @@ class TubularBone:
         th = np.linspace(0.5 * np.pi, -0.5 * np.pi, 11)[1:-1]  # from the left side to the right
         s, c = np.sin(th), np.cos(th)
         cap_pts = a + nrm * (hw[0] * s)[:, None] - e * (cap * np.abs(c) ** 0.8)[:, None]
-        # the physis end is straight (the growth region continues it)
-        return np.concatenate([right, left[::-1], cap_pts])
+        if end is None:  # a straight physis end (the growth region continues it)
+            return np.concatenate([right, left[::-1], cap_pts])
+        pts = self.local_to_canonical(end)
+        if float(np.dot(-nrm, self.normal)) < 0:  # right side is -u: start the end there
+            pts = pts[::-1]
+        pts = pts[1:-1] if len(pts) > 2 else pts[:0]
+        return np.concatenate([right, pts, left[::-1], cap_pts])
 
     def shaft_frame(self) -> tuple[np.ndarray, np.ndarray, float]:
         """``(a, b, cap)``: where the far cap meets the shaft, the physis end, cap depth (units)."""
@@ -149,9 +160,14 @@ class TubularBone:
         s = np.clip(-t * length / max(cap, 1e-3), 0.0, 1.0)  # into the far cap
         return hw * np.sqrt(np.clip(1.0 - s ** 2.5, 0.0, 1.0))
 
-    def metaphysis_band(self) -> np.ndarray:
-        """The dense zone of provisional calcification just below the physis (units)."""
-        return self.local_to_canonical(np.array([[-0.48, -0.07], [0.48, -0.07], [0.49, 0.0], [-0.49, 0.0]]))
+    def metaphysis_band(self, end: np.ndarray | None = None, depth: float = 0.06) -> np.ndarray:
+        """The dense zone of provisional calcification just below the physis (units), along
+        the metaphysis end ``end`` ((u, v) points, -u to +u; None: a straight end)."""
+        if end is None:
+            end = np.array([[-0.49, 0.0], [0.49, 0.0]])
+        inner = end[1:-1] if len(end) > 2 else end
+        lower = np.stack([0.97 * inner[:, 0], inner[:, 1] - depth], 1)
+        return self.local_to_canonical(np.concatenate([end, lower[::-1]]))
 
     def box(self) -> tuple[np.ndarray, float]:
         """Centre (units) and side (units) of the ROI box around the growth region."""
@@ -166,9 +182,12 @@ class Carpal:
     angle: float  # degrees
     appears_at: float  # skeletal age (years) at which it ossifies
     squareness: float  # superellipse exponent when mature (2 = ellipse)
+    #: polar angles (rad) of the mature bone's corners: an angular, packed polygon
+    corners: tuple[float, ...] = ()
 
     def outline(self, bone_age: float, n: int = 28) -> np.ndarray | None:
-        """Outline at ``bone_age``: a small round nucleus that grows and squares off."""
+        """Outline at ``bone_age``: a small round nucleus that grows, squares off and becomes
+        an angular polygon (rounded corners) as the carpus packs."""
         grown = (bone_age - self.appears_at) / 7.0
         if grown <= 0:
             return None
@@ -182,6 +201,29 @@ class Carpal:
         ax = (ax[0] * r + (1 - r) * min(ax), ax[1] * r + (1 - r) * min(ax))
         x = ax[0] * np.sign(c) * np.abs(c) ** e
         y = ax[1] * np.sign(s) * np.abs(s) ** e
+        if len(self.corners) >= 3:
+            # the polygon through the corners (on the superellipse), blended in with growth
+            ph = np.sort(np.asarray(self.corners) % (2 * np.pi))
+            cc, ss = np.cos(ph), np.sin(ph)
+            vx = ax[0] * np.sign(cc) * np.abs(cc) ** e
+            vy = ax[1] * np.sign(ss) * np.abs(ss) ** e
+            p0 = np.stack([vx, vy], 1)
+            p1 = np.roll(p0, -1, axis=0)
+            edge = p1 - p0
+            d = np.stack([c, s], 1)[:, None, :]  # [n, 1, 2] ray directions
+            den = d[..., 0] * edge[None, :, 1] - d[..., 1] * edge[None, :, 0]
+            num = p0[None, :, 0] * edge[None, :, 1] - p0[None, :, 1] * edge[None, :, 0]
+            with np.errstate(divide="ignore", invalid="ignore"):
+                rr = num / den  # distance along each ray to each edge's line
+                ts = ((d[..., 0] * rr - p0[None, :, 0]) * edge[None, :, 0]
+                      + (d[..., 1] * rr - p0[None, :, 1]) * edge[None, :, 1]) / (edge ** 2).sum(1)
+            ok = (rr > 0) & (ts >= -1e-6) & (ts <= 1 + 1e-6)
+            rad = np.where(ok, rr, np.inf).min(1)
+            rad = np.where(np.isfinite(rad), rad, np.hypot(x, y))
+            # rounded corners: average the polygon radius with the superellipse's a little
+            poly = 0.8 * rad + 0.2 * np.hypot(x, y)
+            scale = 1.0 + (poly / np.maximum(np.hypot(x, y), 1e-9) - 1.0) * g ** 1.5
+            x, y = x * scale, y * scale
         a = np.deg2rad(self.angle)
         rot = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
         return self.centre + np.stack([x, y], 1) @ rot.T
@@ -283,7 +325,9 @@ def build_hand(rng: np.random.Generator, bone_age: float = 10.0, sex: str = "M")
     def nuis() -> dict:
         return dict(epi_width=rng.uniform(0.94, 1.06), epi_height=rng.uniform(0.9, 1.1),
                     density=rng.uniform(0.92, 1.08), p_offset=rng.uniform(-0.04, 0.04),
-                    cortex=cortex * rng.uniform(0.9, 1.1))
+                    cortex=cortex * rng.uniform(0.9, 1.1),
+                    physis_shape=(float(rng.uniform(-0.03, 0.04)), float(rng.uniform(0.008, 0.03)),
+                                  float(rng.uniform(1.0, 3.0)), float(rng.uniform(0, 2 * np.pi))))
 
     chains = {}
     for ray, (base, angle, lengths, widths) in _RAYS.items():
@@ -317,7 +361,7 @@ def build_hand(rng: np.random.Generator, bone_age: float = 10.0, sex: str = "M")
             bones.append(TubularBone(
                 name=name, roi=name if name in _GRADED else None, sibling=SIBLING[name],
                 kind="head" if head else "disc", prox=prox, dist=dist, width=w,
-                shaft={1: 0.62, 2: 0.7, 3: 0.68, 4: 0.5}[level] * rng.uniform(0.93, 1.07),
+                shaft={1: 0.6, 2: 0.62, 3: 0.62, 4: 0.5}[level] * rng.uniform(0.93, 1.07),
                 far=far, far_cap=far_cap, axial=axial,
                 growth_at="dist" if head else "prox", **nuis(),
             ))
@@ -329,8 +373,8 @@ def build_hand(rng: np.random.Generator, bone_age: float = 10.0, sex: str = "M")
         for i, (prox, dist, w, d) in enumerate(chain):
             if i == 0 and ray != 1:
                 continue  # the palm covers the metacarpals of the fingers
-            r0 = 0.5 * w * 1.1 + 2.1 * t
-            r1 = 0.5 * w * (1.02 if i < len(chain) - 1 else 0.9) + 2.0 * t
+            r0 = 0.5 * w * 1.1 + 2.8 * t
+            r1 = 0.5 * w * (1.02 if i < len(chain) - 1 else 0.9) + 2.6 * t
             end = dist + d * (2.6 * t if i == len(chain) - 1 else 0.0)
             start = prox if i > 0 else prox + (dist - prox) * 0.3
             tissue.append(_capsule(start, r0, end, r1))
@@ -375,6 +419,11 @@ def build_hand(rng: np.random.Generator, bone_age: float = 10.0, sex: str = "M")
     wrist_l = uln.physis[0] - 0.5 * uln.width - 7.5 * tissue_f
     top = 6.0 - wrist_drop
     palm_pts.append(np.array([[wrist_l, top], [wrist_r, top], [wrist_l + 2, 26.0]]))
+    def corners(k: int) -> tuple[float, ...]:
+        """``k`` polar angles (rad), about evenly spread, at a random turn."""
+        ph = np.linspace(0, 2 * np.pi, k, endpoint=False) + rng.uniform(0, 2 * np.pi)
+        return tuple(float(x) for x in ph + rng.uniform(-0.25, 0.25, k))
+
     carpals = []
     for c, a, ang, thr, sq in _CARPALS:
         centre = np.array(c) + rng.normal(0, 0.6, 2)
@@ -382,8 +431,9 @@ def build_hand(rng: np.random.Generator, bone_age: float = 10.0, sex: str = "M")
         palm_pts.append(_circle(centre, 8.0))
         carpals.append(Carpal(
             centre=centre,
-            axes=(0.88 * a[0] * width_f * rng.uniform(0.93, 1.07), 0.88 * a[1] * width_f * rng.uniform(0.93, 1.07)),
+            axes=(0.96 * a[0] * width_f * rng.uniform(0.93, 1.07), 0.96 * a[1] * width_f * rng.uniform(0.93, 1.07)),
             angle=ang + rng.normal(0, 5.0), appears_at=thr * rng.uniform(0.8, 1.2), squareness=sq,
+            corners=corners(int(rng.integers(5, 8))),
         ))
     tissue.append(_hull(np.concatenate(palm_pts)))
 

@@ -8,7 +8,12 @@ function of ``p``, so neighbouring stages differ a little and distant ones a lot
   (width ratio about 0.2 -> 1.0), thickens and brightens;
 * ``p`` around 0.55-0.85: capping, the epiphysis' edges wrap the metaphysis;
 * ``p`` above about 0.5: the physis (the dark gap) narrows, then bone bridges it and the
-  line fades until the bone is fused at ``p = 1``.
+  line fades until the bone is fused at ``p = 1`` (a faint scar stays).
+
+The physis is not a straight cut: the metaphysis ends in a gently bent, wavy line (per-bone
+nuisance), the epiphysis' physeal side follows it at the gap's distance, and a young distal
+ulna ends cupped (concave) before its epiphysis appears. The dense zone of provisional
+calcification lines the metaphysis end while the physis is open.
 
 Shapes are drawn in a local frame of the growth region, in units of the metaphysis width
 ``w``: ``u`` across the bone (``+u`` is the radial / thumb side), ``v`` along the bone from the
@@ -25,6 +30,8 @@ import numpy as np
 
 #: widest physis gap (units of w), before it starts to narrow
 GAP_MAX = 0.12
+#: physis width while it is open (units of w)
+GAP_OPEN = 0.085
 
 
 @dataclass(frozen=True)
@@ -73,6 +80,10 @@ class GrowthRegion:
     bridge_density: float
     #: extra density of the dense line at the metaphysis end (fades as the physis closes)
     band_density: float = 0.1
+    #: the metaphysis end (u, v) from the -u to the +u edge: where the shaft stops
+    end: np.ndarray | None = None
+    #: how far the physis has fused (0 open .. 1 fused): rims across it fade to a scar
+    fuse: float = 0.0
 
 
 def _ramp(x: float, lo: float, hi: float) -> float:
@@ -80,23 +91,47 @@ def _ramp(x: float, lo: float, hi: float) -> float:
 
 
 def gap(p: float) -> float:
-    """Physis width (units of w): constant, then narrowing to 0 at fusion."""
+    """Physis width (units of w): constant, then narrowing to 0 at fusion (a thin dark line
+    once the epiphysis is full grown; the region reserves ``GAP_MAX`` for it)."""
     if p <= 0.5:
-        return GAP_MAX
+        return GAP_OPEN
     if p <= 0.8:
-        return GAP_MAX - (GAP_MAX - 0.07) * (p - 0.5) / 0.3
-    return 0.07 * (1.0 - p) / 0.2
+        return GAP_OPEN - (GAP_OPEN - 0.05) * (p - 0.5) / 0.3
+    return 0.05 * (1.0 - p) / 0.2
+
+
+#: depth of the young distal ulna's cupped metaphysis end (units of w)
+ULNA_CUP = 0.07
+
+
+def physis_curve(kind: str, p: float, u: np.ndarray,
+                 shape: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 0.0)) -> np.ndarray:
+    """Where the metaphysis ends (v, units of w) at ``u`` (units of w, -0.5 .. 0.5).
+
+    ``shape`` = (bend, wave amplitude, waves across the bone, phase), a per-bone nuisance; the
+    young ulna adds a cup (the middle lower than the edges) that flattens as it matures.
+    """
+    s = np.clip(2.0 * np.asarray(u, dtype=float), -1.0, 1.0)
+    bend, amp, cycles, phase = shape
+    v = bend * (s * s - 1.0 / 3.0) + amp * np.sin(np.pi * cycles * s + phase) * (1.0 - s ** 4)
+    if kind == "ulna":
+        v = v - ULNA_CUP * (1.0 - _ramp(p, 0.0, 0.35)) * (1.0 - s * s)
+    return v
 
 
 def growth_region(
-    kind: str, p: float, *, width_scale: float = 1.0, height_scale: float = 1.0, n: int = 40
+    kind: str, p: float, *, width_scale: float = 1.0, height_scale: float = 1.0, n: int = 40,
+    physis: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 0.0),
 ) -> GrowthRegion:
     """Outline and density of the growth region of a ``kind`` bone at maturity ``p``.
 
-    ``width_scale`` / ``height_scale`` are per-bone nuisances (not tied to stage).
+    ``width_scale`` / ``height_scale`` / ``physis`` (see :func:`physis_curve`) are per-bone
+    nuisances (not tied to stage).
     """
+    ue = 0.5 * np.sin(np.linspace(-0.5 * np.pi, 0.5 * np.pi, 15))
+    end = np.stack([ue, physis_curve(kind, max(float(p), 0.0), ue, physis)], 1)
     if p <= 0.0:
-        return GrowthRegion(None, 0.0, None, 0.0, 0.1)
+        return GrowthRegion(None, 0.0, None, 0.0, 0.12, end)
     p = min(float(p), 1.0)
     shape = SHAPES[kind]
     zone_top = GAP_MAX + shape.height * height_scale
@@ -122,15 +157,19 @@ def growth_region(
     if cap > 0:
         bottom = bottom - cap * shape.cap_depth * np.clip((a - 0.7) / 0.3, 0, 1) ** 1.5
     u = half_w * r
+    curve = physis_curve(kind, p, u, physis)
+    top, bottom = top + curve, bottom + curve
     outline = np.concatenate([np.stack([u, bottom], 1), np.stack([u[::-1], top[::-1]], 1)])
     density = 0.6 + 0.4 * min(1.0, p / 0.5)
 
     fuse = _ramp(p, 0.7, 1.0) ** 1.3
     bridge = None
     if fuse > 0:
-        hw = 0.5
-        bridge = np.array([[-hw, -0.03], [hw, -0.03], [hw, v_bot + 0.03], [-hw, v_bot + 0.03]])
-    return GrowthRegion(outline, density, bridge, 0.9 * fuse, 0.1 * (1.0 - 0.4 * fuse))
+        # the physis bridged: the gap's band following the curve, overlapping both sides
+        lo = end[:, 1] - 0.03
+        hi = end[:, 1] + v_bot + 0.03
+        bridge = np.concatenate([np.stack([end[:, 0], lo], 1), np.stack([end[::-1, 0], hi[::-1]], 1)])
+    return GrowthRegion(outline, density, bridge, 0.9 * fuse, 0.12 * (1.0 - 0.5 * fuse), end, fuse)
 
 
 def maturity(stage: int, n_stages: int) -> float:

@@ -2,12 +2,15 @@
 
 The image is built the way a radiograph forms. Soft tissue adds attenuation by its thickness
 (a cylinder's chord across a finger, a thicker slab over the palm, the thenar eminence);
-bones add theirs as hollow tubes: bright cortical walls along the shafts, a darker medulla
-filled with oriented trabecular texture, a thin bright rim around epiphyses, carpals and
-the thumb sesamoid. The summed attenuation, seen through an uneven dose (heel effect), goes
-through a display curve (window, gamma) like a processed radiograph (bone brighter than soft
-tissue brighter than background); then detector blur, edge enhancement, noise and sometimes
-anti-scatter grid lines.
+bones add theirs as hollow tubes: bright cortical walls along the shafts, a medulla filled
+with trabecular texture (streaked along shafts, a finer network in ends, epiphyses and
+carpals), a thin bright cortical rim along the outline of every part (shaft, metaphysis end,
+epiphysis, carpals, the thumb sesamoid); epiphyses are about as dense as the metaphysis. The
+summed attenuation, seen through an uneven dose (heel effect), goes through a display curve
+(window, gamma) like a processed radiograph (bone brighter than soft tissue brighter than
+background); then detector blur, edge enhancement, noise and sometimes anti-scatter grid
+lines. Blur, edge enhancement, noise grain, rims and trabeculae have physical sizes (mm,
+through the hand's size and the pose's scale), not sizes in pixels.
 
 Two styles:
 
@@ -47,7 +50,7 @@ _SHIFT = 4  # sub-pixel bits for cv2 drawing
 _ONE = 1 << _SHIFT
 _TEXTS = ("L", "PA", "LEFT", "L PA", "HAND", "L HAND PA", "AP", "STANDING")
 #: changes whenever the same seed renders a different image (datasets record it)
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 #: phantom styles; "mixed" draws one of them per phantom (50/50) from the phantom's own seed
 STYLES = ("raw", "preprocessed")
 #: width / height of the preprocessed style's portrait frame (1600 x 2080)
@@ -142,11 +145,21 @@ def _shaft(bone: TubularBone, pose: Pose, x0: int, y0: int, shape: tuple[int, in
     return (outer - inner) / r, trab * inner / r
 
 
-def _orientation_weights(direction: np.ndarray) -> np.ndarray:
-    """Weights of the 4 texture orientations (0, 45, 90, 135 deg) for a bone axis (image)."""
-    theta = np.arctan2(direction[0], direction[1]) % np.pi
-    diff = (theta - np.arange(4) * np.pi / 4 + np.pi / 2) % np.pi - np.pi / 2
-    return np.clip(1.0 - np.abs(diff) / (np.pi / 4), 0.0, 1.0)
+def _orientation_weights(direction: np.ndarray | None) -> np.ndarray:
+    """Weights of the 4 texture orientations (0, 45, 90, 135 deg) for a bone axis (image;
+    None: all alike, a network without a direction); unit std of the weighted sum."""
+    if direction is None:
+        w = np.full(4, 1.0)
+    else:
+        theta = np.arctan2(direction[0], direction[1]) % np.pi
+        diff = (theta - np.arange(4) * np.pi / 4 + np.pi / 2) % np.pi - np.pi / 2
+        w = np.clip(1.0 - np.abs(diff) / (np.pi / 4), 0.0, 1.0)
+    return w / np.sqrt((w ** 2).sum())
+
+
+def _rim(d: np.ndarray, width: float) -> np.ndarray:
+    """A thin bright line just inside an outline: ``d`` px inside it, ``width`` px wide."""
+    return np.exp(-0.5 * ((d - 0.45 * width) / (0.4 * width)) ** 2)
 
 
 class _BoneCanvas:
@@ -154,25 +167,29 @@ class _BoneCanvas:
 
     A bone's solid parts (shaft, epiphysis, bridge) are united (maximum), so where they touch
     or overlap nothing is counted twice; its modifiers (the dense metaphyseal line) are added
-    inside it. Bones then add up, as overlapping bones do in a radiograph. The trabecular part
-    is also kept times a texture streaked along the bone (``texture``).
+    inside it. Every part has a thin bright cortical rim along its own outline (``rim_px``
+    wide); a fused physis fades the rims across it to a faint scar. Bones then add up, as
+    overlapping bones do in a radiograph. The trabecular part is also kept times a texture
+    streaked along the bone (``texture``).
     """
 
-    def __init__(self, shape: tuple[int, int], textures: np.ndarray):
+    def __init__(self, shape: tuple[int, int], textures: np.ndarray, rim_px: float = 1.0):
         self.shape = shape
         self.textures = textures  # [4, h, w]: trabecular streaks at 0, 45, 90, 135 degrees
+        self.rim_px = float(rim_px)
         self.cortical = np.zeros(shape, np.float32)
         self.trabecular = np.zeros(shape, np.float32)
         self.texture = np.zeros(shape, np.float32)
 
-    def add(self, solids: list[tuple[np.ndarray, float, float, float, float]],
+    def add(self, solids: list[tuple[np.ndarray, float, float, float, float, float]],
             modifiers: list[tuple[np.ndarray, float]] = (), *, shaft: tuple | None = None,
-            axis: np.ndarray | None = None) -> None:
+            axis: np.ndarray | None = None, fade: tuple[np.ndarray, float] | None = None) -> None:
         """``solids``: (outline px, density, tube radius px, cortex fraction, trabecular
-        density), depth taken from the distance to the outline; ``shaft``: (outline px,
-        density, bone, pose, trabecular density), depth from the bone's own profile;
-        ``modifiers``: (outline px, added density); ``axis``: the bone's direction in the image
-        (None: no preferred direction)."""
+        density, rim density), depth taken from the distance to the outline; ``shaft``:
+        (outline px, density, bone, pose, trabecular density, rim density), depth from the
+        bone's own profile; ``modifiers``: (outline px, added density); ``fade``: (outline px,
+        share) where the rims are dimmed by ``share`` (a fused physis); ``axis``: the bone's
+        direction in the image (None: no preferred direction)."""
         h, w = self.shape
         outlines = [s[0] for s in solids] + ([shaft[0]] if shaft is not None else [])
         pts_all = np.concatenate(outlines)
@@ -183,6 +200,7 @@ class _BoneCanvas:
             return
         cort = np.zeros((y1 - y0, x1 - x0), np.float32)
         trab = np.zeros_like(cort)
+        rims = np.zeros_like(cort)
         tmp = np.zeros(cort.shape, np.uint8)
 
         def cover(pts: np.ndarray) -> np.ndarray:
@@ -191,24 +209,44 @@ class _BoneCanvas:
                          cv2.LINE_AA, _SHIFT)
             return tmp
 
+        def depth() -> np.ndarray:
+            """Distance (px) inside the outline just covered, sub-pixel at the edge."""
+            inside = (tmp >= 128).astype(np.uint8)
+            if not inside.any():
+                return tmp.astype(np.float32) / 510.0
+            d = cv2.distanceTransform(inside, cv2.DIST_L2, 3)
+            return np.where(inside > 0, d - 0.5, 0.0) + tmp.astype(np.float32) / 510.0
+
         if shaft is not None:
-            pts, density, bone, pose, trab_density = shaft
+            pts, density, bone, pose, trab_density, rim = shaft
             cov = cover(pts).astype(np.float32) / 255.0
             c, t = _shaft(bone, pose, x0, y0, cort.shape, trab_density)
             cort[:] = density * c * cov
             trab[:] = density * t * cov
-        for pts, density, radius, cortex, trab_density in solids:
+            if rim > 0:
+                rims[:] = density * rim * _rim(depth(), self.rim_px) * cov
+        streaked = trab.copy() if shaft is not None else None  # the shaft's share
+        for pts, density, radius, cortex, trab_density, rim in solids:
             cover(pts)
-            inside = (tmp >= 128).astype(np.uint8)
-            d = cv2.distanceTransform(inside, cv2.DIST_L2, 3) if inside.any() else np.zeros(cort.shape, np.float32)
-            d = np.where(inside > 0, d - 0.5, 0.0) + tmp.astype(np.float32) / 510.0
+            d = depth()
             c, t = _tube(d, radius, cortex, trab_density)
             np.maximum(cort, density * c, out=cort)
             np.maximum(trab, density * t, out=trab)
+            if rim > 0:
+                np.maximum(rims, density * rim * _rim(d, self.rim_px) * (tmp / 255.0), out=rims)
+        if fade is not None:
+            rims *= 1.0 - fade[1] * cover(fade[0]).astype(np.float32) / 255.0
+        cort += rims
         for pts, value in modifiers:
             cort += cover(pts).astype(np.float32) * (value / 255.0)
-        weights = _orientation_weights(axis) if axis is not None else np.full(4, 0.3)
-        tex = sum(wt * self.textures[k, y0:y1, x0:x1] for k, wt in enumerate(weights) if wt > 0)
+        patch = self.textures[:, y0:y1, x0:x1]
+        # trabeculae streak along a shaft; ends, epiphyses and carpals have a network
+        net = 0.5 * np.tensordot(_orientation_weights(None), patch, 1)  # finer, fainter
+        if streaked is not None and axis is not None:
+            along = np.tensordot(_orientation_weights(axis), patch, 1)
+            tex = np.where(trab > streaked + 1e-6, net, along)
+        else:
+            tex = net
         self.cortical[y0:y1, x0:x1] += cort
         self.trabecular[y0:y1, x0:x1] += trab
         self.texture[y0:y1, x0:x1] += trab * tex
@@ -226,19 +264,29 @@ def _smooth_field(rng: np.random.Generator, shape: int | tuple[int, int], cells:
     return cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC)
 
 
-def _trabecular_texture(rng: np.random.Generator, shape: tuple[int, int], period: float,
-                        angle: float) -> np.ndarray:
-    """Band-pass noise streaked along ``angle`` (rad, image y axis): trabeculae (unit std)."""
+def _trabecular_textures(rng: np.random.Generator, shape: tuple[int, int], px_mm: float,
+                         grain: float = 1.0) -> np.ndarray:
+    """Band-pass noise streaked at 0, 45, 90 and 135 degrees (from the image y axis):
+    trabeculae, ``[4, h, w]``, each of about unit std.
+
+    Physical scales: streaks about 0.9 mm long and 0.22 mm across, structure above ~1.5 mm
+    removed (``px_mm`` pixels per millimetre, ``grain`` scales them all). One high-passed
+    noise field feeds the four orientations (a linear filter commutes with the high-pass)."""
     noise = rng.standard_normal(shape, dtype=np.float32)
-    s_long, s_short = max(0.5, 1.3 * period), max(0.35, 0.35 * period)
+    noise -= cv2.GaussianBlur(noise, (0, 0), max(1.0, 1.5 * grain * px_mm))
+    s_long = max(0.6, 0.9 * grain * px_mm)
+    s_short = max(0.35, 0.22 * grain * px_mm)
     r = int(np.ceil(2.5 * s_long))
     yy, xx = np.mgrid[-r:r + 1, -r:r + 1].astype(np.float32)
-    c, s = np.cos(angle), np.sin(angle)
-    along, across = yy * c + xx * s, -yy * s + xx * c
-    k = np.exp(-0.5 * ((along / s_long) ** 2 + (across / s_short) ** 2)).astype(np.float32)
-    tex = cv2.filter2D(noise, -1, k / k.sum())
-    tex -= cv2.GaussianBlur(tex, (0, 0), max(1.0, 2.0 * period))
-    return tex / max(float(tex.std()), 1e-6)
+    out = np.empty((4, *shape), np.float32)
+    for i in range(4):
+        angle = i * np.pi / 4
+        c, s = np.cos(angle), np.sin(angle)
+        along, across = yy * c + xx * s, -yy * s + xx * c
+        k = np.exp(-0.5 * ((along / s_long) ** 2 + (across / s_short) ** 2)).astype(np.float32)
+        out[i] = cv2.filter2D(noise, -1, k / k.sum())
+        out[i] /= max(float(out[i, ::3, ::3].std()), 1e-6)
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -334,28 +382,38 @@ def _box(pts: np.ndarray) -> Box:
 
 
 def _draw_bones(hand: Hand, stages: Mapping[str, int], pose: Pose, shape: tuple[int, int],
-                trab: float, textures: np.ndarray) -> tuple[_BoneCanvas, dict[str, Box | None]]:
-    """Cortical / trabecular bone maps (1 ~ a tube seen side-on) and the epiphyses' boxes."""
-    canvas = _BoneCanvas(shape, textures)
+                trab: float, textures: np.ndarray, rim: float = 0.35,
+                rim_px: float = 1.0) -> tuple[_BoneCanvas, dict[str, Box | None]]:
+    """Cortical / trabecular bone maps (1 ~ a tube seen side-on) and the epiphyses' boxes.
+
+    Epiphyses, bridges and carpals are about as dense as the metaphysis (trabecular bone
+    inside a thin cortical rim of density ``rim``); a young ossification centre is fainter
+    and its rim weaker."""
+    canvas = _BoneCanvas(shape, textures, rim_px)
     epiphyses: dict[str, Box | None] = {}
     for bone in hand.bones:
         d = bone.density
-        region = growth_region(bone.kind, _bone_maturity(bone, stages),
-                               width_scale=bone.epi_width, height_scale=bone.epi_height)
+        p = _bone_maturity(bone, stages)
+        region = growth_region(bone.kind, p, width_scale=bone.epi_width,
+                               height_scale=bone.epi_height, physis=bone.physis_shape)
         r_shaft = 0.5 * bone.width * bone.shaft * pose.scale
         solids = []
         box = None
         if region.epiphysis is not None:
             pts = pose(bone.local_to_canonical(region.epiphysis))
             r_epi = 0.5 * SHAPES[bone.kind].height * bone.epi_height * bone.width * bone.axial
-            solids.append((pts, d * region.density, r_epi * pose.scale, 0.25, 2.4 * trab))
+            solids.append((pts, d * region.density, r_epi * pose.scale, 0.08, 1.15 * trab,
+                           rim * (0.45 + 0.55 * min(1.0, p / 0.5))))
             box = _box(pts)
+        fade = None
         if region.bridge is not None:
-            solids.append((pose(bone.local_to_canonical(region.bridge)), d * region.bridge_density,
-                           r_shaft, 0.1, 2.0 * trab))
+            bridge = pose(bone.local_to_canonical(region.bridge))
+            solids.append((bridge, d * region.bridge_density, r_shaft, 0.08, 1.1 * trab, 0.0))
+            fade = (bridge, 0.8 * region.fuse)
         axis = pose(bone.axis_out[None])[0] - pose(np.zeros((1, 2)))[0]
-        canvas.add(solids, [(pose(bone.metaphysis_band()), 0.8 * region.band_density * d)],
-                   shaft=(pose(bone.shaft_outline()), d, bone, pose, trab), axis=axis)
+        canvas.add(solids, [(pose(bone.metaphysis_band(region.end)), region.band_density * d)],
+                   shaft=(pose(bone.shaft_outline(end=region.end)), d, bone, pose, trab, rim),
+                   axis=axis, fade=fade)
         if bone.roi is not None:
             epiphyses[bone.roi] = box
     for carpal in hand.carpals:
@@ -363,12 +421,13 @@ def _draw_bones(hand: Hand, stages: Mapping[str, int], pose: Pose, shape: tuple[
         if outline is not None:
             ext = outline - carpal.centre
             radius = 0.6 * float(np.hypot(ext[:, 0], ext[:, 1]).min()) * pose.scale
-            canvas.add([(pose(outline), 0.55, radius, 0.22, 2.0 * trab)])
+            grown = min(1.0, (hand.bone_age - carpal.appears_at) / 3.0)
+            canvas.add([(pose(outline), 0.85, radius, 0.1, 1.3 * trab, rim * (0.5 + 0.5 * grown))])
     if hand.sesamoid is not None:
         centre, r = hand.sesamoid
         th = np.linspace(0, 2 * np.pi, 16, endpoint=False)
         pts = centre + r * np.stack([np.cos(th), np.sin(th)], 1)
-        canvas.add([(pose(pts), 0.6, r * pose.scale, 0.4, 2.0 * trab)])
+        canvas.add([(pose(pts), 0.8, r * pose.scale, 0.2, 1.3 * trab, rim)])
     return canvas, epiphyses
 
 
@@ -521,20 +580,23 @@ def render_phantom(
     h, w = shape
     hand = build_hand(r_hand, age_for_maturity(labels.maturity, labels.sex), labels.sex)
     pose = sample_pose(r_pose, hand, shape, style)
-    px = size / 512.0  # lengths given for 512 px images scale with the size
+    px = size / 512.0  # lengths of film nuisances (markers, strips) scale with the size
+    px_mm = pose.scale / hand.mm  # pixels per real millimetre: the detector's physical scales
 
     inside, thickness = _soft_tissue(hand, pose, shape)
-    trab = r_look.uniform(0.2, 0.32)
-    period = 0.45 * pose.scale * hand.mm  # trabecular spacing ~0.5 mm
-    textures = np.stack([_trabecular_texture(r_look, shape, period, k * np.pi / 4) for k in range(4)])
-    canvas, epiphyses = _draw_bones(hand, labels.stages, pose, shape, trab, textures)
-    bone = canvas.cortical + canvas.trabecular + r_look.uniform(0.12, 0.25) * canvas.texture
+    trab = r_look.uniform(0.22, 0.32)
+    grain = r_look.uniform(0.8, 1.25)
+    textures = _trabecular_textures(r_look, shape, px_mm, grain)
+    rim = r_look.uniform(0.25, 0.45)  # cortical outline density
+    rim_px = max(0.9, r_look.uniform(0.3, 0.45) * px_mm)  # its width, ~0.3-0.45 mm
+    canvas, epiphyses = _draw_bones(hand, labels.stages, pose, shape, trab, textures, rim, rim_px)
+    bone = canvas.cortical + canvas.trabecular + r_look.uniform(0.2, 0.38) * canvas.texture
 
     # exposure: attenuation through an uneven dose (heel effect along the long axis, a tilt,
     # a smooth field), log-displayed through an S-shaped curve (toe and shoulder, like a
     # processed radiograph's look-up table): dark thin tissue, bone bright but rarely clipped
-    mu_t = r_look.uniform(0.42, 0.6)
-    mu_b = r_look.uniform(0.75, 1.0)
+    mu_t = r_look.uniform(0.5, 0.7)
+    mu_b = r_look.uniform(0.65, 0.9)
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     yy, xx = yy / h - 0.5, xx / w - 0.5
     g = r_look.uniform(0, 2 * np.pi)
@@ -546,7 +608,7 @@ def render_phantom(
     reference = r_look.uniform(1.6, 2.0)  # density shown near white (bone over the palm)
     # the window starts below the thinnest tissue: the skin line stands out from the background
     skin = r_look.uniform(0.05, 0.12) if raw else r_look.uniform(0.03, 0.08)
-    skin = skin * cv2.GaussianBlur(inside.astype(np.float32), (0, 0), 0.7 * px)
+    skin = skin * cv2.GaussianBlur(inside.astype(np.float32), (0, 0), max(0.5, 0.25 * px_mm))
     x = np.clip(density / reference + skin, 0.0, 1.2)
     k, x0 = r_look.uniform(3.5, 5.5), r_look.uniform(0.4, 0.5)
     s0, s1 = 1.0 / (1.0 + np.exp(k * x0)), 1.0 / (1.0 + np.exp(-k * (1.0 - x0)))
@@ -574,13 +636,18 @@ def render_phantom(
                 text = f"{text} {r_art.integers(1, 29):02d}/{r_art.integers(1, 13):02d}/{r_art.integers(2005, 2025)}"
             _draw_marker(image, art, forbidden, r_art, text, r_art.uniform(9, 15) * px, "plain")
 
-    # detector blur, edge enhancement, noise, anti-scatter grid lines
-    image = cv2.GaussianBlur(image, (0, 0), r_look.uniform(0.55, 1.1) * px)
-    sharpen, s_sigma = r_look.uniform(0.0, 0.5), r_look.uniform(1.5, 5.0) * px
+    # detector blur (a physical length: ~0.06-0.2 mm, sometimes a softer film), edge
+    # enhancement (unsharp masking over a few mm), noise, anti-scatter grid lines
+    blur_mm = r_look.uniform(0.06, 0.2) if r_look.random() < 0.9 else r_look.uniform(0.2, 0.28)
+    blur = blur_mm * px_mm
+    if blur > 0.25:
+        image = cv2.GaussianBlur(image, (0, 0), blur)
+    sharpen, s_sigma = r_look.uniform(0.1, 0.6), r_look.uniform(1.0, 3.0) * px_mm
     image = image + sharpen * (image - cv2.GaussianBlur(image, (0, 0), s_sigma))
     sigma = r_look.uniform(0.008, 0.028)
     noise = r_look.standard_normal(shape, dtype=np.float32)
-    noise = cv2.GaussianBlur(noise, (0, 0), 0.6 * px) * 1.8
+    grain_px = max(0.45, r_look.uniform(0.08, 0.16) * px_mm)  # quantum mottle, ~0.1 mm
+    noise = cv2.GaussianBlur(noise, (0, 0), grain_px) * (1.8 * grain_px / 0.6)
     image = image + sigma * noise * np.sqrt(np.clip(image, 0.02, 1.0) / 0.4)
     if r_look.random() < (0.3 if raw else 0.12):
         period = r_look.uniform(2.2, 4.5) * px
