@@ -224,7 +224,7 @@ def test_configs_are_offline_unless_pretrained_and_survive_json():
     back = decode_config(data)
     assert back["model"]["backbone"]["stage_with_sac"] == (False, True, True, True)  # tuples kept
     assert isinstance(back["model"]["neck"]["in_channels"], list)  # lists stay lists
-    assert back["test_pipeline"][1]["scale"] == (1024, 1024)
+    assert back["test_pipeline"][1]["scale"] == (512, 512)  # tuples kept
 
 
 def test_config_with_other_classes_is_refused(tmp_path, detect_tiny):
