@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from ..crops import crop_rois, present_mask
-from ..errors import InputError, RecipeError, WeightsError
+from ..errors import InputError, WeightsError
 from ..interfaces import Grades
 from ..rois import ROI_BY_KEY, ROI_KEYS, stage_counts
 from ..schemas import Box, Flag, ModelInfo, parse_sex
@@ -82,19 +82,15 @@ class RoiGrader:
         exported ``model.onnx`` is loaded instead (checked against its card).
         """
         if recipe.runtime == "onnxruntime":
-            from ..runtime.session import OnnxModel, onnx_info
+            from ..runtime.session import open_exported
 
-            if weights is None:
-                raise RecipeError("grade: runtime: onnxruntime runs an exported weights folder; "
-                                  "give its weights (precise-baa export WEIGHTS --format onnx)")
-            device = pick_device(device)
-            onnx = OnnxModel(weights, device=device, expect_inputs=ONNX_INPUTS)
+            onnx, info, device = open_exported(
+                "grade", weights, implementation=recipe.implementation, name=recipe.name,
+                device=device, expect_inputs=ONNX_INPUTS)
             expected = onnx_outputs(recipe)
             if onnx.output_names != list(expected):
                 raise WeightsError(f"{onnx.path}: outputs {onnx.output_names[:3]}... do not fit "
                                    f"the recipe ({expected[0]}, ...); export again")
-            info = onnx_info(weights, onnx.card, stage="grade",
-                             implementation=recipe.implementation, name=recipe.name)
             return cls(None, recipe, device=device, info=info, onnx=onnx)
         model = build_model(recipe.model_copy(update={"pretrained": False}) if weights else recipe)
         info = None

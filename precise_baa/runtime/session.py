@@ -149,3 +149,19 @@ class OnnxModel:
 
     def __repr__(self) -> str:
         return f"OnnxModel({self.path}, providers={self.providers})"
+
+
+def open_exported(stage: str, weights: str | Path | None, *, implementation: str, name: str,
+                  device: str | None, expect_inputs: Sequence[str]
+                  ) -> tuple[OnnxModel, ModelInfo, str]:
+    """A stage's ``runtime: onnxruntime`` start: its weights folder's checked ``model.onnx``,
+    the ModelInfo recording it, and the device chosen. One place for the segmenter and grader."""
+    from ..training import pick_device
+
+    if weights is None:
+        raise RecipeError(f"{stage}: runtime: onnxruntime runs an exported weights folder; "
+                          "give its weights (precise-baa export WEIGHTS --format onnx)")
+    device = pick_device(device)
+    onnx = OnnxModel(weights, device=device, expect_inputs=expect_inputs)
+    info = onnx_info(weights, onnx.card, stage=stage, implementation=implementation, name=name)
+    return onnx, info, device

@@ -117,15 +117,11 @@ class UnetSegmenter(BaseSegmenter):
         (checked against its card); no PyTorch network is built.
         """
         if recipe.runtime == "onnxruntime":
-            from ..runtime.session import OnnxModel, onnx_info
+            from ..runtime.session import open_exported
 
-            if weights is None:
-                raise RecipeError("segment: runtime: onnxruntime runs an exported weights folder; "
-                                  "give its weights (precise-baa export WEIGHTS --format onnx)")
-            device = pick_device(device)
-            onnx = OnnxModel(weights, device=device, expect_inputs=ONNX_INPUTS)
-            info = onnx_info(weights, onnx.card, stage="segment", implementation="unet",
-                             name=recipe.name)
+            onnx, info, device = open_exported(
+                "segment", weights, implementation="unet", name=recipe.name, device=device,
+                expect_inputs=ONNX_INPUTS)
             return cls(None, recipe, device=device, info=info, onnx=onnx)
         model = build_unet(recipe, pretrained=weights is None)
         info = None
