@@ -170,3 +170,14 @@ def test_address_needs_the_ray_engine(tree, cli, tmp_path):
     p = cli("score", str(root), "--out", str(tmp_path / "out"), "--address", "auto")
     assert p.returncode == 2
     assert "--address auto: joins a Ray cluster; add --engine ray" in p.stderr
+
+
+def test_an_address_where_no_ray_answers_fails_at_once(tree, cli, tmp_path):
+    pytest.importorskip("ray.data", reason="Ray is not installed (pip install 'precise-baa[ray]')")
+    root, _ = tree
+    out = tmp_path / "out"
+    p = cli("score", str(root), "--out", str(out), "--engine", "ray", "--address", "127.0.0.1:1")
+    assert p.returncode == 2
+    assert p.stderr.strip().startswith("precise-baa: error: --address 127.0.0.1:1: no Ray cluster "
+                                       "answers there")
+    assert not out.exists()  # refused before anything was written or loaded

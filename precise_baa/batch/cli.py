@@ -187,10 +187,13 @@ def cmd_score(args) -> int:
 
     if args.address is not None and args.engine != "ray":
         raise InputError(f"--address {args.address}: joins a Ray cluster; add --engine ray")
+    engine = args.engine
     if args.engine == "ray":
-        from .ray_engine import require_ray
+        from .ray_engine import RayEngine, require_ray
 
         require_ray()  # says how to install it
+        engine = RayEngine(address=args.address, workers=args.workers)
+        engine.check_address()  # before minutes of loading
     out = shard_dir(args.out, args.shard) if args.shard is not None else Path(args.out)
     prepare_output(out)  # a bad --out or --meta fails now, not after the models are loaded
     meta = read_meta(args.meta) if args.meta else None
@@ -211,7 +214,7 @@ def cmd_score(args) -> int:
     summary = score_folder(
         target, args.input, out, meta=meta, batch_size=args.batch_size, workers=args.workers,
         resume=args.resume, shard=args.shard, pictures=not args.no_pictures, progress=not args.quiet,
-        on_result=dicom, max_pixels=args.max_pixels, engine=args.engine, address=args.address,
+        on_result=dicom, max_pixels=args.max_pixels, engine=engine,
     )
     if dicom is not None:
         print(dicom.line(), file=sys.stderr)

@@ -25,6 +25,8 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import socket
+import sys
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -97,7 +99,8 @@ def actor_class(spec: PipelineSpec, pixels: bool) -> type[PipelineActor]:
 class RayEngine:
     """Ray Data over a local Ray or a cluster (see the module docstring).
 
-    ``workers``: pipeline actors (0: one per GPU of the cluster, else one per CPU but one);
+    ``workers``: pipeline actors (0: one per GPU of the cluster, else one per CPU but one, the
+    most CPU actors there are room for);
     ``address``: a running cluster to join; ``num_cpus``: CPUs of a local Ray (default all).
     """
 
@@ -110,10 +113,26 @@ class RayEngine:
         self.workers = int(workers)
         self.num_cpus = num_cpus
 
+    def check_address(self) -> None:
+        """A HOST:PORT (or ray://HOST:PORT) address must answer before Ray is asked to join it
+        (Ray itself retries for minutes)."""
+        target = (self.address or "").removeprefix("ray://")
+        host, sep, port = target.rpartition(":")
+        if not sep or not port.isdigit():
+            return  # "auto", or a form Ray resolves itself
+        try:
+            socket.create_connection((host.strip("[]"), int(port)), timeout=10).close()
+        except OSError as e:
+            raise InputError(f"--address {self.address}: no Ray cluster answers there "
+                             f"({e.strerror or type(e).__name__}); start one with `ray start "
+                             "--head` or check the address") from None
+
     def _start(self, ray) -> bool:
         """Initialise Ray unless it is; True when this call started it (and must stop it)."""
         if ray.is_initialized():
             return False
+        if self.address:
+            self.check_address()
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         # this process's Ray core logs every actor pool's start as an error (its constructor
         # arguments live in the object store: ray-project/ray#53727); keep fatal ones only
@@ -138,7 +157,14 @@ class RayEngine:
             raise InputError(f"device {spec.device!r}: the Ray cluster has no GPU; use --device cpu")
         if wants_gpu and gpus:
             return self.workers or gpus, {"num_gpus": 1}
-        return self.workers or max(1, int(res.get("CPU", 1)) - 1), {"num_cpus": 1}
+        # one CPU per actor, and at least one CPU left for the decoding tasks (else they wait
+        # for a CPU that the actors never give back)
+        most = max(1, int(res.get("CPU", 1)) - 1)
+        if self.workers > most:
+            print(f"note: {self.workers} pipeline actors asked, the Ray cluster's "
+                  f"{int(res.get('CPU', 1))} CPUs hold {most} beside the decoding tasks",
+                  file=sys.stderr)
+        return min(self.workers or most, most), {"num_cpus": 1}
 
     def run(self, pipeline: PipelineSpec, items: list[InputItem], metadata: Mapping[str, Meta], *,
             batch_size: int, max_pixels: int | None = None, pixels: bool = True
