@@ -361,7 +361,7 @@ def build_hand(rng: np.random.Generator, bone_age: float = 10.0, sex: str = "M")
             bones.append(TubularBone(
                 name=name, roi=name if name in _GRADED else None, sibling=SIBLING[name],
                 kind="head" if head else "disc", prox=prox, dist=dist, width=w,
-                shaft={1: 0.6, 2: 0.62, 3: 0.62, 4: 0.5}[level] * rng.uniform(0.93, 1.07),
+                shaft={1: 0.6, 2: 0.66, 3: 0.65, 4: 0.5}[level] * rng.uniform(0.93, 1.07),
                 far=far, far_cap=far_cap, axial=axial,
                 growth_at="dist" if head else "prox", **nuis(),
             ))

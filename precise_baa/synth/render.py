@@ -590,13 +590,13 @@ def render_phantom(
     rim = r_look.uniform(0.25, 0.45)  # cortical outline density
     rim_px = max(0.9, r_look.uniform(0.3, 0.45) * px_mm)  # its width, ~0.3-0.45 mm
     canvas, epiphyses = _draw_bones(hand, labels.stages, pose, shape, trab, textures, rim, rim_px)
-    bone = canvas.cortical + canvas.trabecular + r_look.uniform(0.2, 0.38) * canvas.texture
+    bone = canvas.cortical + canvas.trabecular + r_look.uniform(0.16, 0.32) * canvas.texture
 
     # exposure: attenuation through an uneven dose (heel effect along the long axis, a tilt,
     # a smooth field), log-displayed through an S-shaped curve (toe and shoulder, like a
     # processed radiograph's look-up table): dark thin tissue, bone bright but rarely clipped
     mu_t = r_look.uniform(0.5, 0.7)
-    mu_b = r_look.uniform(0.65, 0.9)
+    mu_b = r_look.uniform(0.56, 0.8)
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     yy, xx = yy / h - 0.5, xx / w - 0.5
     g = r_look.uniform(0, 2 * np.pi)
@@ -605,7 +605,7 @@ def render_phantom(
                 - r_look.uniform(0.0, 0.3) * (xx ** 2 + yy ** 2)
                 + r_look.uniform(0.0, 0.05) * _smooth_field(r_look, shape, 4))
     density = mu_t * thickness + mu_b * np.maximum(bone, 0.0) - log_dose
-    reference = r_look.uniform(1.6, 2.0)  # density shown near white (bone over the palm)
+    reference = r_look.uniform(1.65, 2.05)  # density shown near white (bone over the palm)
     # the window starts below the thinnest tissue: the skin line stands out from the background
     skin = r_look.uniform(0.05, 0.12) if raw else r_look.uniform(0.03, 0.08)
     skin = skin * cv2.GaussianBlur(inside.astype(np.float32), (0, 0), max(0.5, 0.25 * px_mm))
@@ -642,7 +642,7 @@ def render_phantom(
     blur = blur_mm * px_mm
     if blur > 0.25:
         image = cv2.GaussianBlur(image, (0, 0), blur)
-    sharpen, s_sigma = r_look.uniform(0.1, 0.6), r_look.uniform(1.0, 3.0) * px_mm
+    sharpen, s_sigma = r_look.uniform(0.15, 0.7), r_look.uniform(1.0, 3.0) * px_mm
     image = image + sharpen * (image - cv2.GaussianBlur(image, (0, 0), s_sigma))
     sigma = r_look.uniform(0.008, 0.028)
     noise = r_look.standard_normal(shape, dtype=np.float32)
