@@ -232,8 +232,8 @@ def supervised_records(records: Sequence[ImageRecord], recipe: GradeRecipe, supe
                     source, skipped["no_label"])
     if not keep:
         if not any(r.bone_age is not None or r.stages_for(std) for r in records):
-            field = "stage" if std == "rus-chn" else "stage_tw3"
-            raise InputError(f"{source}: no image has a 'bone_age' or a {field!r}; nothing to "
+            stage_key = "stage" if std == "rus-chn" else "stage_tw3"
+            raise InputError(f"{source}: no image has a 'bone_age' or a {stage_key!r}; nothing to "
                              "train a grader on (add bone ages in years, with 'sex', per image)")
         why = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in skipped.items() if n)
         raise InputError(f"{source}: no image can supervise a {std} grader by bone age ({why}); "

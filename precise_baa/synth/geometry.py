@@ -81,6 +81,9 @@ class TubularBone:
     cortex: float = 0.4  # cortical wall thickness / shaft half width at mid-shaft
     #: the physis line's bend, wave amplitude, waves across and phase (maturity.physis_curve)
     physis_shape: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 0.0)
+    #: lengths (in widths) of the metaphysis' flare and of the far end's widening
+    flare_len: float = 1.4
+    far_len: float = 1.2
 
     @property
     def axis_out(self) -> np.ndarray:
@@ -111,8 +114,8 @@ class TubularBone:
 
     def _profile(self, t: np.ndarray, length: float) -> np.ndarray:
         """Half width (units) along the shaft, t = 0 at the far end, 1 at the physis."""
-        far_zone = min(0.35, 1.2 * self.width / length)
-        flare = min(0.45, (1.0 if self.kind in ("radius", "ulna") else 1.4) * self.width / length)
+        far_zone = min(0.35, self.far_len * self.width / length)
+        flare = min(0.45, self.flare_len * self.width / length)
         # concave (waisted) shaft flaring into a trumpet-shaped metaphysis
         w = (self.shaft + (self.far - self.shaft) * np.clip(1 - t / far_zone, 0, 1) ** 2.2
              + (1 - self.shaft) * np.clip((t - 1 + flare) / flare, 0, 1) ** 2.4)
@@ -361,9 +364,11 @@ def build_hand(rng: np.random.Generator, bone_age: float = 10.0, sex: str = "M")
             bones.append(TubularBone(
                 name=name, roi=name if name in _GRADED else None, sibling=SIBLING[name],
                 kind="head" if head else "disc", prox=prox, dist=dist, width=w,
-                shaft={1: 0.6, 2: 0.66, 3: 0.65, 4: 0.5}[level] * rng.uniform(0.93, 1.07),
+                shaft={1: 0.6, 2: 0.66, 3: 0.65, 4: 0.52}[level] * rng.uniform(0.93, 1.07),
                 far=far, far_cap=far_cap, axial=axial,
                 growth_at="dist" if head else "prox", **nuis(),
+                # a distal phalanx: a short base flare, a tapering shaft and a short tuft
+                **(dict(flare_len=0.75, far_len=0.5) if level == 4 else {}),
             ))
             chain.append((prox, dist, w, d))
             point = dist + d * (1.2 + 0.08 * w) * gap_f * axial  # joint space (cartilage)
@@ -412,7 +417,8 @@ def build_hand(rng: np.random.Generator, bone_age: float = 10.0, sex: str = "M")
         prox = end - _direction(tilt) * 300.0
         bones.append(TubularBone(
             name=name, roi=name, sibling=name, kind=kind, prox=prox, dist=end, width=w,
-            shaft=shaft * rng.uniform(0.95, 1.05), far=shaft, far_cap=0.0, growth_at="dist", **nuis(),
+            shaft=shaft * rng.uniform(0.95, 1.05), far=shaft, far_cap=0.0, growth_at="dist",
+            flare_len=1.0, **nuis(),
         ))
     rad, uln = bones[-2], bones[-1]
     wrist_r = rad.physis[0] + 0.5 * rad.width + 6.5 * tissue_f
