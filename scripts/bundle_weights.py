@@ -22,10 +22,10 @@ INTENDED_USE = ("Demonstration and tests of the precise-baa pipeline on phantom 
                 "Not for clinical use; train on your own annotated radiographs for research use.")
 
 
-def bundle(src: Path, dest_root: Path, data: str) -> dict:
+def bundle(src: Path, dest_root: Path, data: str, seed: int | None = None) -> dict:
     w = load_weights(src)
     card = dict(w.card)
-    for k in ("sha256", "dtype", "num_parameters", "history"):
+    for k in ("sha256", "dtype", "num_parameters", "history", "onnx"):
         card.pop(k, None)
     card.update(name=src.name, phantom_trained=True, notice=PHANTOM_NOTICE,
                 intended_use=INTENDED_USE, training_data=data, package_version=__version__)
@@ -36,7 +36,8 @@ def bundle(src: Path, dest_root: Path, data: str) -> dict:
         "recipe": w.recipe.get("name") or w.recipe.get("config"),
         "sha256": final["sha256"], "dtype": final["dtype"],
         "size_bytes": (out / TENSORS).stat().st_size, "num_parameters": final["num_parameters"],
-        "training_data": data, "metrics": final.get("metrics", {}), "phantom_trained": True,
+        "training_data": data, "training_seed": seed, "metrics": final.get("metrics", {}),
+        "phantom_trained": True,
         "notice": PHANTOM_NOTICE,
     }
 
@@ -45,6 +46,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("folders", nargs="+", type=Path)
     ap.add_argument("--data", required=True, help="how the training phantoms were made")
+    ap.add_argument("--seed", type=int, default=None, help="the seed of the training phantoms and runs")
     ap.add_argument("--dest", type=Path, default=weights_dir())
     args = ap.parse_args()
     manifest_path = args.dest / "MANIFEST.json"
@@ -52,7 +54,7 @@ def main() -> None:
     if manifest_path.is_file():
         entries = {e["name"]: e for e in json.loads(manifest_path.read_text())["weights"]}
     for src in args.folders:
-        entries[src.name] = bundle(src, args.dest, args.data)
+        entries[src.name] = bundle(src, args.dest, args.data, args.seed)
         print(f"bundled {src.name}: {entries[src.name]['size_bytes'] / 1e6:.1f} MB")
     manifest = {"notice": PHANTOM_NOTICE, "intended_use": INTENDED_USE,
                 "weights": [entries[k] for k in sorted(entries)]}
