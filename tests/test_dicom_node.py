@@ -295,7 +295,7 @@ def test_a_restart_scores_what_was_pending_and_sends_what_was_not_sent(dicoms, t
     for name in ("a", "c1"):  # received, acknowledged, then the machine went down
         shutil.copy(dicoms.files[name], inbox / f"{uid_of(dicoms.files[name])}.dcm")
     (inbox / "1.2.3.4.dcm").write_bytes(dicoms.files["b"].read_bytes()[:150])  # cut short on disk
-    (inbox / ".1.2.3.5.dcm.part").write_bytes(b"half")  # never acknowledged
+    (inbox / ".1.2.3.5.dcm.x1y2z3.tmp").write_bytes(b"half")  # never acknowledged
     port = free_port()  # the PACS is down
     node = DicomNode(make_pipeline(dicoms.table), out, port=0, forward=f"PACS@127.0.0.1:{port}",
                      retry_seconds=0.5, network_timeout=5, pictures=False)
@@ -309,7 +309,7 @@ def test_a_restart_scores_what_was_pending_and_sends_what_was_not_sent(dicoms, t
     assert got["1.2.3.4"]["status"] == "error" and got["1.2.3.4"]["message"]
     assert [got[uid_of(dicoms.files[n])]["status"] for n in ("a", "c1")] == ["ok", "ok"]
     assert "3 received file(s) pending from before: queued" in caplog.text
-    assert not (inbox / ".1.2.3.5.dcm.part").exists()
+    assert not (inbox / ".1.2.3.5.dcm.x1y2z3.tmp").exists()
     waiting = sorted(p.name for p in (out / "outbox").glob("*.dcm"))
     assert len(waiting) == 4  # SR + SC of the two images; the unreadable file has none
 

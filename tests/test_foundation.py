@@ -191,3 +191,27 @@ def test_imports_run_one_way():
             local = {n.module for n in ast.walk(ast.parse(evaluate.read_text()))
                      if isinstance(n, ast.ImportFrom) and n.level == 1}
             assert "train" not in local, f"{stage}/evaluate.py imports {stage}/train.py"
+
+
+def test_atomic_write_leaves_the_old_file_or_the_new_one(tmp_path):
+    from precise_baa.paths import atomic_open, atomic_write
+
+    target = tmp_path / "results.csv"
+    atomic_write(target, "old\n")
+    with pytest.raises(RuntimeError):
+        with atomic_open(target) as f:
+            f.write("half of the new")
+            raise RuntimeError("crash while writing")
+    assert target.read_text() == "old\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.csv"]  # no temporary left
+    atomic_write(target, b"\x00new", fsync=True)
+    assert target.read_bytes() == b"\x00new"
+    assert target.stat().st_mode & 0o777 == 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

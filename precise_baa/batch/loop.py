@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import InputError
+from ..paths import atomic_open, atomic_write
 from ..report import ASSESSMENTS, RESULTS, read_assessments, safe_name, safe_path, write_results_csv
 from ..schemas import Assessment
 from .discovery import InputItem, Skipped, scan
@@ -152,22 +153,18 @@ def repair_jsonl(path: Path) -> int:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    atomic_write(path, json.dumps(data, indent=2) + "\n")
 
 
 def write_skipped(path: Path, skipped: list[Skipped]) -> None:
     """``skipped.csv``: path, reason (one row per path that is not an input)."""
     import csv
 
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", newline="", encoding="utf-8") as f:
+    with atomic_open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["path", "reason"])
         for s in skipped:
             w.writerow([str(s.path), one_line(s.reason)])
-    tmp.replace(path)
 
 
 def _now() -> str:

@@ -32,7 +32,6 @@ import queue
 import re
 import shutil
 import signal
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -42,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError, PreciseBaaError
+from ..paths import atomic_write
 from ..report import ASSESSMENTS, RESULTS, read_assessments, safe_name, write_results_csv
 from ..schemas import Assessment
 from .writer import DICOM_DIR, DicomWriter, is_own_result
@@ -314,7 +314,7 @@ class DicomNode:
             return self._refuse(0xC210, f"pixel data cut short: {got} of {expected} bytes", uid, peer)
         path = self.inbox / f"{uid}.dcm"
         try:
-            self._atomic_write(path, event.encoded_dataset())
+            atomic_write(path, event.encoded_dataset(), fsync=True)
         except OSError as e:
             log.error("C-STORE %s from %s: cannot write %s: %s", uid, peer, path, e)
             self.counts["refused"] += 1
@@ -331,19 +331,6 @@ class DicomNode:
         else:
             log.info("received %s %s from %s again%s", _sop_name(sop_class), uid, peer, note)
         return 0x0000
-
-    @staticmethod
-    def _atomic_write(path: Path, data: bytes) -> None:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".part")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
 
     def _enqueue(self, path: Path) -> bool:
         """Queue a received file. One already scored (ok or rejected) is not scored again: its
@@ -368,7 +355,7 @@ class DicomNode:
 
     def _recover(self) -> None:
         """At start-up: forget half-written files, queue received files not scored yet."""
-        for tmp in self.inbox.glob(".*.part"):
+        for tmp in self.inbox.glob(".*.tmp"):  # paths.atomic_open's temporary files
             tmp.unlink(missing_ok=True)  # never acknowledged: the sender sends it again
         self._done = {k: a.status for k, a in read_assessments(self.out_dir / ASSESSMENTS).items()}
         files = sorted(self.inbox.glob("*.dcm"), key=lambda p: (p.stat().st_mtime, p.name))

@@ -11,8 +11,6 @@ are counted. UIDs are derived from the source SOP Instance UID and what scored i
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +18,7 @@ import numpy as np
 
 from .. import __version__
 from ..imaging import is_dicom_file
+from ..paths import atomic_open
 from ..report.files import safe_name, safe_path
 from ..schemas import Assessment
 from . import codes as C
@@ -66,16 +65,8 @@ def result_uids(a: Assessment, source) -> dict[str, str]:
 
 def _atomic_save(ds, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            ds.save_as(f, enforce_file_format=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path, "wb", fsync=True) as f:
+        ds.save_as(f, enforce_file_format=True)
 
 
 @dataclass

@@ -29,6 +29,7 @@ from urllib.parse import unquote, urlparse
 import numpy as np
 
 from ..errors import InputError
+from ..paths import atomic_write
 from ..rois import ROI_KEYS, num_stages
 from ..schemas import Box
 from .export import FORMATS, PALM, stage_field
@@ -294,7 +295,5 @@ def import_labels(export: str | Path, out: str | Path, *, format: str,
             .replace(os.sep, "/")
     manifest = {"info": info, "images": coco_images, "annotations": anns,
                 "categories": [{"id": i, "name": k} for i, k in enumerate(ROI_KEYS, 1)]}
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=1))
-    os.replace(tmp, out)
+    atomic_write(out, json.dumps(manifest, indent=1))
     return {**counts, "manifest": str(out), "standard": standard}

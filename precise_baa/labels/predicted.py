@@ -31,6 +31,7 @@ import numpy as np
 
 from ..data import ImageRecord, read_mask
 from ..errors import InputError
+from ..paths import atomic_write
 from ..rois import ROI_KEYS
 from ..schemas import Box
 
@@ -152,9 +153,7 @@ def predict_masks_and_boxes(
         todo.append((i, k))
 
     def save() -> None:
-        tmp = cache_file.with_name(CACHE + ".tmp")
-        tmp.write_text(json.dumps({"stages": key, "images": entries}))
-        os.replace(tmp, cache_file)
+        atomic_write(cache_file, json.dumps({"stages": key, "images": entries}))
 
     from tqdm.auto import tqdm
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__
+from ..paths import atomic_write
 from ..rois import ROI_KEYS
 from ..schemas import Assessment
 from .files import safe_name
@@ -59,7 +60,4 @@ def render_report(out_dir: Path, assessments: list[Assessment], title: str = "")
         generated=dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
     )
     path = out_dir / REPORT
-    tmp = path.with_suffix(".html.tmp")
-    tmp.write_text(html, encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return atomic_write(path, html)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from ..paths import atomic_open
 from ..schemas import Assessment, BatchRow
 
 ASSESSMENTS = "assessments.jsonl"
@@ -45,11 +46,9 @@ def read_assessments(path: Path) -> dict[str, Assessment]:
 
 
 def write_results_csv(path: Path, assessments: list[Assessment]) -> None:
-    tmp = path.with_suffix(".csv.tmp")
-    with tmp.open("w", newline="") as f:
+    with atomic_open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
         w.writeheader()
         for a in assessments:
             row = to_row(a).model_dump()
             w.writerow({k: "" if v is None else v for k, v in row.items()})
-    tmp.replace(path)

@@ -23,7 +23,6 @@ import io
 import json
 import os
 import shutil
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import WeightsError
+from ..paths import atomic_write
 from . import CARD_KEY, INSTALL_HINT, ONNX_FILE, ExportError
 
 #: opset of the exported graphs (onnxruntime >= 1.14 runs it)
@@ -84,15 +84,7 @@ def _not_exportable(stage: str, implementation: str) -> str | None:
 
 
 def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".card-", suffix=".json", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(data, indent=2, default=str) + "\n")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(path, json.dumps(data, indent=2, default=str) + "\n")
 
 
 def _destination(folder: Path, card: dict[str, Any], out: str | Path | None

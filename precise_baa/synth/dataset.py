@@ -18,7 +18,6 @@ its first images. The manifest is written last (atomically): a folder without
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -27,6 +26,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..imaging import save_png
+from ..paths import atomic_write
 from ..report.figures import contact_sheet
 from ..rois import ROI_KEYS
 from .render import GENERATOR_VERSION, Phantom, check_style, render_phantom
@@ -74,10 +74,7 @@ def write_manifest(path: str | Path, images: Sequence[dict], annotations: Iterab
     path = Path(path)
     data = {"info": info or {}, "images": list(images), "annotations": list(annotations),
             "categories": categories()}
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, json.dumps(data, indent=1))
 
 
 def _make_one(job: tuple[int, int, int, int, str, str]) -> tuple[dict, list[dict]]:
