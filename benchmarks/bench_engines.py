@@ -158,7 +158,7 @@ def main() -> None:
     if args.config:
         print(json.dumps(child(args)))
         return
-    from reference import Reference
+    from reference import Reference, append_results
 
     before = load()
     ref = Reference.measure(threads=args.threads)
@@ -184,9 +184,7 @@ def main() -> None:
     table = markdown(results, ref, args, (before, after), same)
     print(table)
     if args.markdown:
-        with args.markdown.open("a") as f:
-            f.write(f"\n### {time.strftime('%Y-%m-%d')}: `bench_engines.py {' '.join(sys.argv[1:])}`"
-                    f"\n\n{table}")
+        append_results(args.markdown, table)
 
 
 if __name__ == "__main__":

@@ -220,7 +220,7 @@ def main() -> None:
     if args.config:
         print(json.dumps(child(args)))
         return
-    from reference import Reference
+    from reference import Reference, append_results
 
     ref = Reference.measure(threads=args.threads, device=args.device)
     print(f"reference before: {ref.readings[-1]:.0f} ms", flush=True)
@@ -242,8 +242,7 @@ def main() -> None:
     table = markdown(results, machine(args.device, args.threads), ref)
     print(table)
     if args.markdown:
-        with args.markdown.open("a") as f:
-            f.write(f"\n### {time.strftime('%Y-%m-%d')}: `{' '.join(sys.argv[1:])}`\n\n{table}")
+        append_results(args.markdown, table)
 
 
 if __name__ == "__main__":

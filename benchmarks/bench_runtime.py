@@ -148,7 +148,7 @@ def main() -> None:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import torch
     from bench_pipeline import machine
-    from reference import Reference
+    from reference import Reference, append_results
 
     from precise_baa.registry import load_stage
     from precise_baa.runtime import with_runtime
@@ -187,9 +187,7 @@ def main() -> None:
                      exports)
     print(table)
     if args.markdown:
-        with args.markdown.open("a") as f:
-            f.write(f"\n### {time.strftime('%Y-%m-%d')}: `bench_runtime.py "
-                    f"{' '.join(sys.argv[1:])}`\n\n{table}")
+        append_results(args.markdown, table)
 
 
 if __name__ == "__main__":

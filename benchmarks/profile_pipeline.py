@@ -16,7 +16,6 @@ import argparse
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -127,9 +126,9 @@ def main() -> int:
         parts.append(proc.stdout.split("#### ", 1)[1])
         print("#### " + parts[-1])
     if args.markdown:
-        with args.markdown.open("a") as f:
-            f.write(f"\n### {time.strftime('%Y-%m-%d')}: `profile_pipeline.py {' '.join(sys.argv[1:])}`\n\n"
-                    + "\n".join("#### " + t for t in parts))
+        from reference import append_results
+
+        append_results(args.markdown, "\n".join("#### " + t for t in parts))
     return 0
 
 

@@ -74,3 +74,14 @@ class Reference:
         return (f"reference: torchvision ResNet-50 forward, 1x3x1024x1024, {self.device}, "
                 f"{self.threads or 'default'} thread(s): {self.ms:.0f} ms "
                 f"(readings before / after: {shown} ms)")
+
+
+def append_results(path, table: str) -> None:
+    """Append ``table`` to a results file (``--markdown``) under a heading naming the day and
+    the command line that measured it."""
+    import sys
+    from pathlib import Path
+
+    command = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
+    with Path(path).open("a") as f:
+        f.write(f"\n### {time.strftime('%Y-%m-%d')}: `{command}`\n\n{table}")
