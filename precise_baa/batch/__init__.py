@@ -6,8 +6,10 @@
 - :mod:`.engines`: the batch function (:func:`score_items`: decode, assess) and the engines
   that map it, ``local`` (:class:`LocalEngine`) and ``ray`` (:mod:`.ray_engine`);
 - :mod:`.shards`: ``--shard K/N`` and :func:`merge_shards`;
-- :mod:`.cli`: the ``score`` / ``demo`` / ``merge`` / ``evaluate pipeline`` commands (argparse only
-  at import, so ``precise-baa --help`` stays fast).
+- :mod:`.ages`: ``evaluate ages``: a folder scored and its bone ages compared with reference
+  readings (no ROI labels), with plots and a contact sheet of the overlays;
+- :mod:`.cli`: the ``score`` / ``demo`` / ``merge`` / ``evaluate pipeline`` / ``evaluate ages``
+  commands (argparse only at import, so ``precise-baa --help`` stays fast).
 
 Output folder of a run::
 
