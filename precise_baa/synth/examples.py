@@ -13,7 +13,6 @@ Regenerate with ``python -m precise_baa.synth.examples [OUT_DIR]``. Writes, flat
 from __future__ import annotations
 
 import csv
-import sys
 from pathlib import Path
 
 from ..imaging import save_png
@@ -55,7 +54,11 @@ def write_examples(out_dir: str | Path, size: int = 512) -> Path:
 
 
 if __name__ == "__main__":
+    import argparse
+
     from ..paths import examples_dir
 
-    target = Path(sys.argv[1]) if len(sys.argv) > 1 else examples_dir()
-    print(write_examples(target))
+    ap = argparse.ArgumentParser(description="Write the example phantoms the demo scores.")
+    ap.add_argument("out", nargs="?", type=Path, default=examples_dir(),
+                    help="folder to write (default: the project's examples/)")
+    print(write_examples(ap.parse_args().out))
