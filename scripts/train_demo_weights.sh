@@ -36,6 +36,9 @@ OMP_NUM_THREADS=2 $CLI train detect --recipe stages/detect/detectors-cascade-rcn
     --coco "$DATA/annotations.json" --images "$DATA/images" \
     --out "$WORK/detect-detectors-lite" --epochs 8 --seed $SEED --workers 1
 
+DATA_NOTE="precise-baa synth $SYNTH (phantoms-train-s$SEED: 1200 synthetic 768 px radiographs, raw and preprocessed styles mixed; 15 % held out for validation)"
 .venv/bin/python scripts/bundle_weights.py "$WORK/segment-unet-lite" \
-    "$WORK/detect-detectors-lite" "$WORK/grade-densenet-attention-lite" --seed $SEED \
-    --data "precise-baa synth $SYNTH (phantoms-train-s$SEED: 1200 synthetic 768 px radiographs, raw and preprocessed styles mixed; 15 % held out for validation)"
+    "$WORK/grade-densenet-attention-lite" --seed $SEED --data "$DATA_NOTE"
+# the detector in fp32: fp16 tensors change which boxes pass on real radiographs
+.venv/bin/python scripts/bundle_weights.py "$WORK/detect-detectors-lite" --dtype float32 \
+    --seed $SEED --data "$DATA_NOTE"
