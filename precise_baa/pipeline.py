@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -31,6 +31,8 @@ from .schemas import Assessment, Flag, ModelInfo, RoiResult, parse_sex, read_yam
 from .weights import PHANTOM_NOTICE, UNVERIFIED_NOTICE
 
 STAGE_ORDER = ("segment", "detect", "grade", "score")
+#: the stages with models, run in this order by :meth:`Pipeline.run_stage`
+LEARNED_STAGES = ("segment", "detect", "grade")
 #: flag code of a right hand (DICOM laterality R) read mirrored and assessed as a left hand
 MIRRORED = "right_hand_mirrored"
 MIRRORED_NOTICE = ("right hand (DICOM laterality R): mirrored and assessed as a left hand, as the "
@@ -54,6 +56,26 @@ class StageRef(BaseModel):
         if not self.recipe and not self.weights:
             raise ValueError("give `recipe`, `weights`, or both")
         return self
+
+
+@dataclass
+class Work:
+    """One radiograph on its way through the stages: what :meth:`Pipeline.run_stage` reads and
+    adds to (picklable, so per-stage workers in other processes can pass it on)."""
+
+    id: str
+    rad: Radiograph
+    sex: str = ""
+    age: float | None = None
+    #: refused before the stages (no sex, impossible age)
+    error: str | None = None
+    seg: SegmentResult | None = None
+    det: Detections | None = None
+    grades: Grades | None = None
+    #: ms per radiograph of each stage's batch
+    timings: dict[str, float] = field(default_factory=dict)
+    #: set by an engine when a stage raised on this radiograph: no later stage runs on it
+    failed: str | None = None
 
 
 class RejectPolicy(BaseModel):
@@ -243,70 +265,85 @@ class Pipeline:
         (``{"segment": SegmentResult, "detect": Detections, "grade": Grades}``, absent when the
         stage did not run), e.g. for evaluation.
         """
-        import torch
+        works = self.begin(images, sexes, ages, ids)
+        for stage in LEARNED_STAGES:
+            self.run_stage(stage, works)
+        if details is not None:
+            details.extend(
+                {k: v for k, v in (("segment", w.seg), ("detect", w.det), ("grade", w.grades))
+                 if v is not None}
+                for w in works)
+        return self.finish(works)
 
+    # The three steps of assess_batch, for engines that run the stages in different processes
+    # (one pool of workers per stage): begin, run_stage for each learned stage, finish.
+    def begin(self, images: Sequence[Radiograph | np.ndarray], sexes: Sequence[str | None],
+              ages: Sequence[float | None], ids: Sequence[str]) -> list[Work]:
+        """One :class:`Work` per radiograph; a missing sex or an impossible age is refused here
+        (the work's ``error``), before any stage runs."""
         n = len(images)
         if not (len(sexes) == len(ages) == len(ids) == n):
             raise ValueError("images, sexes, ages and ids must have the same length")
-        rads = [as_radiograph(im) for im in images]
-        out: list[Assessment | None] = [None] * n
-        sex_ok: list[str] = [""] * n
-        age_ok: list[float | None] = [None] * n
-        for i, rad in enumerate(rads):
+        works = []
+        for image, sex, age, id in zip(images, sexes, ages, ids, strict=True):
+            w = Work(id=id, rad=as_radiograph(image))
             try:
-                sex = sexes[i] or rad.meta.sex
+                sex = sex or w.rad.meta.sex
                 if not sex:
                     raise InputError("no sex given: the standards score boys and girls differently; "
                                      "add it to the metadata CSV (id,sex,chronological_age) or DICOM")
-                sex_ok[i] = parse_sex(sex)
-                age = ages[i] if ages[i] is not None else rad.meta.chronological_age_years
+                w.sex = parse_sex(sex)
+                age = age if age is not None else w.rad.meta.chronological_age_years
                 if age is not None and not 0 <= float(age) <= 30:
                     raise InputError(f"chronological age {age} y outside 0..30 y")
-                age_ok[i] = None if age is None else float(age)
+                w.age = None if age is None else float(age)
             except InputError as e:
-                out[i] = self._error(ids[i], rad, str(e))
-        todo = [i for i in range(n) if out[i] is None]
-        timings: dict[int, dict[str, float]] = {i: {} for i in todo}
+                w.error = str(e)
+            works.append(w)
+        return works
 
-        def timed(stage: str, idx: list[int], fn):
-            t0 = time.perf_counter()
-            with torch.inference_mode(), self._autocast():
-                res = fn()
-            per = 1000.0 * (time.perf_counter() - t0) / max(1, len(idx))
-            for i in idx:
-                timings[i][stage] = round(per, 2)
-            return res
+    def waiting(self, stage: str, works: Sequence[Work]) -> list[Work]:
+        """The works ``stage`` has to run on: segment all not refused, detect the hands the
+        segmenter kept, grade those with all 13 ROIs (or every detected hand when missing ROIs
+        do not reject)."""
+        if stage == "segment":
+            return [w for w in works if w.error is None and w.seg is None]
+        if stage == "detect":
+            return [w for w in works if w.seg is not None and not w.seg.rejected and w.det is None]
+        if stage == "grade":
+            return [w for w in works if w.det is not None and w.grades is None
+                    and not (self.policy.reject_on_missing_roi and w.det.missing)]
+        raise ValueError(f"unknown learned stage {stage!r}; expected {LEARNED_STAGES}")
 
-        segs: dict[int, SegmentResult] = {}
-        if todo:
-            res = timed("segment", todo, lambda: self.stages["segment"].obj.segment(
-                [rads[i].pixels for i in todo]))
-            segs = dict(zip(todo, res, strict=True))
-        alive = [i for i in todo if not segs[i].rejected]
-        dets: dict[int, Detections] = {}
-        if alive:
-            res = timed("detect", alive, lambda: self.stages["detect"].obj.detect(
-                [segs[i].image for i in alive]))
-            dets = dict(zip(alive, res, strict=True))
-        if self.policy.reject_on_missing_roi:
-            graded = [i for i in alive if not dets[i].missing]
-        else:
-            graded = alive
-        grades: dict[int, Grades] = {}
-        if graded:
-            res = timed("grade", graded, lambda: self.stages["grade"].obj.grade(
-                [segs[i].image for i in graded], [dets[i].boxes for i in graded],
-                [sex_ok[i] for i in graded]))
-            grades = dict(zip(graded, res, strict=True))
-        for i in todo:
-            out[i] = self._assemble(ids[i], rads[i], sex_ok[i], age_ok[i], segs[i], dets.get(i),
-                                    grades.get(i), timings[i])
-        if details is not None:
-            details.extend(
-                {k: v for k, v in (("segment", segs.get(i)), ("detect", dets.get(i)),
-                                   ("grade", grades.get(i))) if v is not None}
-                for i in range(n))
-        return out  # type: ignore[return-value]
+    def run_stage(self, stage: str, works: Sequence[Work]) -> None:
+        """Run one learned stage, batched, on the works waiting for it; keeps its output and
+        its time per radiograph on each work."""
+        import torch
+
+        todo = self.waiting(stage, [w for w in works if w.failed is None])
+        if not todo:
+            return
+        obj = self.stages[stage].obj
+        t0 = time.perf_counter()
+        with torch.inference_mode(), self._autocast():
+            if stage == "segment":
+                res = obj.segment([w.rad.pixels for w in todo])
+            elif stage == "detect":
+                res = obj.detect([w.seg.image for w in todo])
+            else:
+                res = obj.grade([w.seg.image for w in todo], [w.det.boxes for w in todo],
+                                [w.sex for w in todo])
+        per = round(1000.0 * (time.perf_counter() - t0) / len(todo), 2)
+        field_name = {"segment": "seg", "detect": "det", "grade": "grades"}[stage]
+        for w, r in zip(todo, res, strict=True):
+            setattr(w, field_name, r)
+            w.timings[stage] = per
+
+    def finish(self, works: Sequence[Work]) -> list[Assessment]:
+        """Score and assemble each work's :class:`Assessment`."""
+        return [self._error(w.id, w.rad, w.error) if w.error is not None else
+                self._assemble(w.id, w.rad, w.sex, w.age, w.seg, w.det, w.grades, w.timings)
+                for w in works]
 
     # ---------------------------------------------------------------- assembly
     def _base(self, id: str, rad: Radiograph) -> dict[str, Any]:

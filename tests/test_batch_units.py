@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -255,3 +256,38 @@ def test_devices_are_checked():
     for bad in ("bogus", "", "cuda:99" if torch.cuda.is_available() else "cuda"):
         with pytest.raises(InputError, match="device"):
             pick_device(bad)
+
+
+def test_a_stage_failing_on_one_radiograph_fails_it_alone():
+    """Per-stage engines: a batch whose stage raises is run again work by work; only the
+    culprit is marked failed and reported as an internal error row."""
+    import numpy as np
+
+    from precise_baa.batch.discovery import InputItem
+    from precise_baa.batch.engines import finish_works, run_stage_isolated
+    from precise_baa.imaging import as_radiograph
+    from precise_baa.pipeline import Work
+
+    class Fake:
+        def run_stage(self, stage, works):
+            if any(w.id == "bad" for w in works):
+                raise RuntimeError("boom")
+            for w in works:
+                w.timings[stage] = 1.0
+
+        def finish(self, works):
+            return [f"assessed {w.id}" for w in works]
+
+    rad = as_radiograph(np.random.default_rng(0).random((64, 64), dtype=np.float32))
+    works = [Work(id=i, rad=rad) for i in ("a", "bad", "c")]
+    run_stage_isolated(Fake(), "detect", works)
+    assert [w.failed for w in works] == [None, "internal error: RuntimeError: boom", None]
+    assert [sorted(w.timings) for w in works] == [["detect"], [], ["detect"]]
+    run_stage_isolated(Fake(), "grade", works)  # a failed work goes no further
+    assert works[1].timings == {} and works[0].timings == {"detect": 1.0, "grade": 1.0}
+    items = [InputItem(id=w.id, path=Path(f"{w.id}.png")) for w in works]
+    rows = [(it, w, None) for it, w in zip(items, works)] + [(items[0], None, "empty file")]
+    out = finish_works(Fake(), rows, pixels=False)
+    assert out[0] == ("assessed a", None) and out[2] == ("assessed c", None)
+    assert out[1][0].status == "error" and out[1][0].reason == "internal error: RuntimeError: boom"
+    assert out[3][0].status == "error" and out[3][0].reason == "empty file"

@@ -32,8 +32,9 @@ def _batch_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=positive_int, default=4,
                    help="radiographs per model batch (default 4); results do not depend on it")
     p.add_argument("--workers", type=non_negative_int, default=0,
-                   help="local engine: decoding worker processes (default 0); ray engine: pipeline "
-                        "actors (default 0: one per GPU of the cluster, else one per CPU but one)")
+                   help="local engine: decoding worker processes (default 0); ray engine: detector "
+                        "actors (default 0: one per GPU of the cluster, else as many as the CPUs "
+                        "hold; the segment and grade pools scale with it)")
     p.add_argument("--no-pictures", action="store_true",
                    help="skip overlays, thumbnails, plots and report.html (faster)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -70,8 +71,9 @@ def add_commands(sub) -> None:
                    help="score only shard K of N (stable by id); output goes to OUT/shard-K-of-N; "
                         "combine with `precise-baa merge OUT`")
     s.add_argument("--engine", choices=["local", "ray"], default="local",
-                   help="local: this process (default); ray: Ray Data, decoding in tasks and the "
-                        "pipeline in a pool of actors (pip install 'precise-baa[ray]'); same outputs")
+                   help="local: this process (default); ray: Ray Data, decoding in tasks and each "
+                        "stage in its own pool of actors (pip install 'precise-baa[ray]'); same "
+                        "outputs")
     s.add_argument("--address", default=None, metavar="ADDR",
                    help="with --engine ray: join this running Ray cluster (auto, HOST:6379 or "
                         "ray://HOST:10001) instead of starting a local one")

@@ -9,8 +9,9 @@ scoring loop (:func:`precise_baa.batch.loop.score_folder`) is the one writer of 
 - ``local`` (:class:`LocalEngine`): this process; ``workers`` DataLoader processes decode
   ahead of the models.
 - ``ray`` (:class:`precise_baa.batch.ray_engine.RayEngine`): Ray Data; decoding in tasks and
-  the pipeline in a pool of actors, each building it once from a :class:`PipelineSpec`, on
-  one machine or a cluster.
+  each learned stage in its own pool of actors (:func:`run_stage_isolated`, then
+  :func:`finish_works`), each actor building the pipeline once from a :class:`PipelineSpec`,
+  on one machine or a cluster.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from .metadata import Meta
 if TYPE_CHECKING:
     import numpy as np
 
-    from ..pipeline import Pipeline
+    from ..pipeline import Pipeline, Work
 
 #: one input's outcome: its Assessment and the radiograph as assessed (None for error rows,
 #: or when the engine was told that no pictures are wanted)
@@ -83,6 +84,46 @@ def assess_decoded(pipeline: Any, decoded: Sequence[Decoded],
     return out  # type: ignore[return-value]
 
 
+def internal_error(e: BaseException) -> str:
+    return f"internal error: {type(e).__name__}: {e}"
+
+
+def run_stage_isolated(pipeline: Any, stage: str, works: Sequence[Work]) -> None:
+    """``pipeline.run_stage(stage, works)``; if the batch fails, each work alone, so one bad
+    radiograph fails alone (its ``failed`` says why; no later stage runs on it), as
+    :func:`assess_decoded` does for a whole batch."""
+    live = [w for w in works if w.failed is None]
+    try:
+        pipeline.run_stage(stage, live)
+    except Exception as e:  # noqa: BLE001
+        if len(live) > 1:
+            for w in live:
+                run_stage_isolated(pipeline, stage, [w])
+        else:
+            for w in live:
+                w.failed = internal_error(e)
+
+
+def finish_works(pipeline: Any, rows: Sequence[tuple[InputItem, Work | None, str | None]],
+                 pixels: bool = True) -> list[Result]:
+    """The results of works that went through the stages (``rows``: item, work or None when
+    the file could not be decoded, the decoding error): as :func:`assess_decoded` makes them."""
+    out: list[Result] = []
+    for item, work, err in rows:
+        if work is None:
+            out.append((error_result(item, err or "unreadable"), None))
+        elif work.failed is not None:
+            out.append((error_result(item, work.failed), None))
+        else:
+            try:
+                a = pipeline.finish([work])[0]
+            except Exception as e:  # noqa: BLE001
+                out.append((error_result(item, internal_error(e)), None))
+                continue
+            out.append((a, work.rad.pixels if pixels else None))
+    return out
+
+
 def score_items(pipeline: Any, items: Sequence[InputItem], metadata: Mapping[str, Meta],
                 max_pixels: int | None = None) -> list[Result]:
     """Decode and assess ``items``: the work of one batch, whatever the engine."""
@@ -107,7 +148,7 @@ def _assess(pipeline: Any, ok: list[tuple[InputItem, Radiograph]],
                 a = pipeline.assess_batch([rad], sexes, ages, ids)[0]
                 return [(a, rad.pixels)]
             except Exception as e:  # noqa: BLE001
-                return [(error_result(it, f"internal error: {type(e).__name__}: {e}"), None)]
+                return [(error_result(it, internal_error(e)), None)]
         return [r for pair in ok for r in _assess(pipeline, [pair], metadata)]
 
 

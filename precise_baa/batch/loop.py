@@ -241,7 +241,7 @@ def score_folder(
     ``pipeline``: a :class:`~precise_baa.pipeline.Pipeline` (or anything with its
     ``assess_batch``), or a :class:`~precise_baa.batch.engines.PipelineSpec` to build one.
     ``engine``: ``"local"`` (this process; ``workers`` decoding processes), ``"ray"`` (Ray
-    Data: ``workers`` pipeline actors, 0 = as many as the cluster holds; ``address`` joins a
+    Data: one actor pool per stage, ``workers`` detector actors, 0 = as many as the cluster holds; ``address`` joins a
     running cluster, else a local one is started; ``pipeline`` must be a PipelineSpec) or an
     engine object (:mod:`precise_baa.batch.engines`). Whatever the engine, this function
     writes every output, so they are the same.

@@ -1,18 +1,25 @@
-"""The ``ray`` engine: Ray Data decodes in tasks and assesses in a pool of pipeline actors.
+"""The ``ray`` engine: Ray Data decodes in tasks and runs each learned stage in its own actor pool.
 
 The plan of a run::
 
     from_items(pending inputs)                         driver: ids, paths, metadata
       -> map_batches(decode_batch)   Ray tasks         each file read where the task runs
-      -> map_batches(PipelineActor)  actor pool        the Pipeline built once per actor (from a
-                                                       PipelineSpec), 1 GPU each when the cluster
-                                                       has GPUs, else 1 CPU each
+      -> map_batches(StageActor)     segment pool      \
+      -> map_batches(StageActor)     detect pool        } the pipeline built once per actor
+      -> map_batches(StageActor)     grade pool        /  (from a PipelineSpec); the grade
+                                                          actors also score and assemble
       -> iter_batches()              driver            results in input order, to the one writer
 
-Every batch runs :func:`precise_baa.batch.engines.assess_decoded`, the local engine's batch
-function, so results (error rows included) are the same. Values cross process boundaries as
-pickles made and read by this module only (never a user's file). Inputs, recipes and weights
-must be readable at the same paths on every node (a shared filesystem or the same image).
+Between the pools travel :class:`~precise_baa.pipeline.Work` records (the radiograph, the hand
+crop, boxes, grades). The detector is most of the work (about 80 % of the lite pipeline's time,
+more than 90 % of the full one's), so its pool gets whole CPUs (or half a GPU) per actor and
+grows the most; the segmenter's and grader's actors take a quarter each. Every stage runs
+:func:`~precise_baa.batch.engines.run_stage_isolated` and the last
+:func:`~precise_baa.batch.engines.finish_works`, the same steps as the local engine's
+:meth:`~precise_baa.pipeline.Pipeline.assess_batch`, so results (error rows included) are the
+same. Values cross process boundaries as pickles made and read by this module only (never a
+user's file). Inputs, recipes and weights must be readable at the same paths on every node (a
+shared filesystem or the same image).
 
 Without ``address`` a local Ray is started (the machine's CPUs and GPUs, no dashboard, no
 usage report, quiet logs) and stopped at the end; with it, the running cluster is joined
@@ -22,6 +29,7 @@ in this process is used as it is.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import pickle
@@ -31,8 +39,9 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from ..errors import InputError
+from ..pipeline import LEARNED_STAGES, Work
 from .discovery import InputItem
-from .engines import PipelineSpec, Result, assess_decoded, decode
+from .engines import PipelineSpec, Result, decode, finish_works, run_stage_isolated
 from .metadata import Meta
 
 #: the version the project is tested with (the ``[ray]`` extra)
@@ -64,11 +73,12 @@ def decode_batch(batch: dict[str, Any], max_pixels: int | None = None) -> dict[s
     return {"decoded": out}
 
 
-class PipelineActor:
-    """Ray actor: builds the pipeline once, then assesses decoded batches. Made for a run by
-    :func:`actor_class`, which sets ``spec`` and ``pixels``."""
+class StageActor:
+    """Ray actor: builds the pipeline once, then runs one learned stage on batches of works.
+    Made for a run by :func:`actor_class`, which sets ``spec``, ``stage`` and ``pixels``."""
 
     spec: PipelineSpec
+    stage: str = "segment"
     pixels: bool = True
 
     def __init__(self):
@@ -76,31 +86,54 @@ class PipelineActor:
         if device and device.startswith("cuda"):  # Ray shows each actor its own GPU(s)
             device = "cuda"
         self.pipeline = self.spec.build(device=device)
+        # keep only the models this actor runs (the records still name every stage's model)
+        keep = {self.stage, "score"} if self.stage == LEARNED_STAGES[-1] else {self.stage}
+        for name, st in self.pipeline.stages.items():
+            if name not in keep:
+                st.obj = None
+        gc.collect()
+
+    def _begin(self, blobs) -> list[tuple[InputItem, Work | None, str | None]]:
+        """Decoded files (from :func:`decode_batch`) as works, refused ones included."""
+        rows: list[tuple[InputItem, Work | None, str | None]] = []
+        ok = []
+        for blob in blobs:
+            item, meta, rad, err = pickle.loads(blob)  # made by decode_batch
+            rows.append((item, None, err))
+            if rad is not None:
+                ok.append((len(rows) - 1, item, meta, rad))
+        works = self.pipeline.begin(
+            [rad for *_, rad in ok], [meta.sex if meta else None for _, _, meta, _ in ok],
+            [meta.chronological_age if meta else None for _, _, meta, _ in ok],
+            [item.id for _, item, _, _ in ok])
+        for (i, item, _, _), w in zip(ok, works, strict=True):
+            rows[i] = (item, w, None)
+        return rows
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-        decoded, metadata = [], {}
-        for blob in batch["decoded"]:
-            item, meta, rad, err = pickle.loads(blob)  # made by decode_batch
-            decoded.append((item, rad, err))
-            if meta is not None:
-                metadata[item.id] = meta
-        results = assess_decoded(self.pipeline, decoded, metadata)
-        if not self.pixels:
-            results = [(a, None) for a, _ in results]
-        return {"result": [_dumps(r) for r in results]}
+        if self.stage == "segment":
+            rows = self._begin(batch["decoded"])
+        else:
+            rows = [pickle.loads(blob) for blob in batch["work"]]  # made by the previous pool
+        run_stage_isolated(self.pipeline, self.stage, [w for _, w, _ in rows if w is not None])
+        if self.stage != LEARNED_STAGES[-1]:
+            return {"work": [_dumps(r) for r in rows]}
+        return {"result": [_dumps(r) for r in finish_works(self.pipeline, rows, self.pixels)]}
 
 
-def actor_class(spec: PipelineSpec, pixels: bool) -> type[PipelineActor]:
-    """:class:`PipelineActor` bound to a run's spec. (The class carries them rather than
+def actor_class(spec: PipelineSpec, stage: str, pixels: bool) -> type[StageActor]:
+    """:class:`StageActor` bound to a run's spec and stage. (The class carries them rather than
     constructor arguments, which Ray would keep in its object store for actor restarts.)"""
-    return type("PipelineActor", (PipelineActor,), {"spec": spec, "pixels": pixels})
+    return type(f"{stage.capitalize()}Actor", (StageActor,),
+                {"spec": spec, "stage": stage, "pixels": pixels})
 
 
 class RayEngine:
     """Ray Data over a local Ray or a cluster (see the module docstring).
 
-    ``workers``: pipeline actors (0: one per GPU of the cluster, else one per CPU but one, the
-    most CPU actors there are room for);
+    ``workers``: detector actors (0: one per GPU of the cluster, else as many as the CPUs hold
+    beside the other stages' actors and the decoding); the segmenter's and the grader's pools
+    hold as many per GPU, a quarter as many on CPUs;
     ``address``: a running cluster to join; ``num_cpus``: CPUs of a local Ray (default all).
     """
 
@@ -148,23 +181,28 @@ class RayEngine:
             raise InputError(f"cannot start or join {where}: {' '.join(str(e).split())}") from None
         return True
 
-    def _pool(self, ray, spec: PipelineSpec) -> tuple[int, dict[str, float]]:
-        """Actor count and resources per actor."""
+    def _pools(self, ray, spec: PipelineSpec) -> dict[str, tuple[int, dict[str, float]]]:
+        """Per learned stage: the most actors of its pool and the resources of each."""
         res = ray.cluster_resources()
         gpus = int(res.get("GPU", 0))
         wants_gpu = spec.device is None or spec.device.startswith("cuda")
         if spec.device and spec.device.startswith("cuda") and not gpus:
             raise InputError(f"device {spec.device!r}: the Ray cluster has no GPU; use --device cpu")
-        if wants_gpu and gpus:
-            return self.workers or gpus, {"num_gpus": 1}
-        # one CPU per actor, and at least one CPU left for the decoding tasks (else they wait
-        # for a CPU that the actors never give back)
-        most = max(1, int(res.get("CPU", 1)) - 1)
+        if wants_gpu and gpus:  # per GPU: a detector actor on half, the two others a quarter each
+            n = self.workers or gpus
+            return {"segment": (n, {"num_gpus": 0.25}), "detect": (n, {"num_gpus": 0.5}),
+                    "grade": (n, {"num_gpus": 0.25})}
+        # CPU: a whole CPU per detector actor, a quarter per segmenter / grader actor (a pool
+        # of a quarter as many), and half a CPU left at least for the decoding tasks
+        cpus = int(res.get("CPU", 1))
+        most = max(1, int((cpus - 0.5) / 1.125))
         if self.workers > most:
-            print(f"note: {self.workers} pipeline actors asked, the Ray cluster's "
-                  f"{int(res.get('CPU', 1))} CPUs hold {most} beside the decoding tasks",
-                  file=sys.stderr)
-        return min(self.workers or most, most), {"num_cpus": 1}
+            print(f"note: {self.workers} detector actors asked, the Ray cluster's {cpus} CPUs "
+                  f"hold {most} beside the other stages and the decoding tasks", file=sys.stderr)
+        n = min(self.workers or most, most)
+        light = max(1, round(n / 4))
+        return {"segment": (light, {"num_cpus": 0.25}), "detect": (n, {"num_cpus": 1}),
+                "grade": (light, {"num_cpus": 0.25})}
 
     def run(self, pipeline: PipelineSpec, items: list[InputItem], metadata: Mapping[str, Meta], *,
             batch_size: int, max_pixels: int | None = None, pixels: bool = True
@@ -180,17 +218,20 @@ class RayEngine:
             ctx = ray.data.DataContext.get_current()
             ctx.enable_progress_bars = False  # the scoring loop shows its own
             ctx.execution_options.preserve_order = True  # results in input order, as locally
-            size, resources = self._pool(ray, pipeline)
+            pools = self._pools(ray, pipeline)
             rows = [{"item": _dumps((it, metadata.get(it.id)))} for it in items]
             ds = ray.data.from_items(rows, override_num_blocks=max(1, -(-len(rows) // batch_size)))
             # decoding tasks take half a CPU: lighter than the models, and never fused into them
             ds = ds.map_batches(decode_batch, fn_kwargs={"max_pixels": max_pixels},
                                 batch_size=batch_size, batch_format="numpy", num_cpus=0.5)
-            ds = ds.map_batches(
-                actor_class(pipeline, pixels), batch_size=batch_size, batch_format="numpy",
-                compute=ray.data.ActorPoolStrategy(min_size=1, max_size=size), **resources)
+            for stage in LEARNED_STAGES:
+                size, resources = pools[stage]
+                ds = ds.map_batches(
+                    actor_class(pipeline, stage, pixels), batch_size=batch_size,
+                    batch_format="numpy",
+                    compute=ray.data.ActorPoolStrategy(min_size=1, max_size=size), **resources)
             for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-                yield [pickle.loads(blob) for blob in batch["result"]]  # made by PipelineActor
+                yield [pickle.loads(blob) for blob in batch["result"]]  # made by StageActor
         finally:
             if started:
                 ray.shutdown()
