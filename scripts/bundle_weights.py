@@ -7,8 +7,8 @@
 Each bundled folder keeps its recipe.json; its card gains the training-data description, the
 phantom notice and the tensor file's sha256. MANIFEST.json lists every bundled folder.
 ``--dtype float32`` keeps full precision: the bundled detector is stored so, because fp16
-tensors changed which of its boxes pass the anatomy checks on real radiographs (real-dev: 5 of
-8 scored in fp32, 3 in fp16) while the segmenter and grader did not move.
+tensors changed which of its boxes pass the anatomy checks on real radiographs (real-dev, with the detector before its
+fine-tuning: 5 of 8 scored in fp32, 3 in fp16); the segmenter and grader stay fp16.
 """
 
 from __future__ import annotations
