@@ -193,17 +193,32 @@ def test_legacy_fields_migrate():
 
 @pytest.mark.parametrize("stage, folder", [("segment", "segment-unet-lite"),
                                            ("grade", "grade-densenet-attention-lite")])
-def test_bundled_weights_recipes_still_parse(stage, folder):
-    """Weights folders written before the photometric block still load (migrated)."""
+def test_recipes_from_before_the_photometric_block_still_parse(stage, folder):
+    """Weights folders written before the photometric block (tests/fixtures/legacy-recipes:
+    the recipe.json of the bundled weights of 2026-11-23) still load, migrated."""
     from precise_baa.registry import parse_recipe
 
-    data = json.loads((ROOT / "weights" / folder / "recipe.json").read_text())
+    data = json.loads((ROOT / "tests/fixtures/legacy-recipes" / f"{folder}.json").read_text())
+    assert "photometric" not in json.dumps(data)
     recipe = parse_recipe(stage, data, folder)
     t = recipe.training
     photometric = t.augment.photometric if stage == "segment" else t.photometric
     assert photometric.sharpen.p == 0 and photometric.gamma.p == 1  # what they were trained with
     again = parse_recipe(stage, json.loads(recipe.model_dump_json()), folder)  # and round-trips
     assert again == recipe
+
+
+@pytest.mark.parametrize("stage, folder", [("segment", "segment-unet-lite"),
+                                           ("grade", "grade-densenet-attention-lite")])
+def test_bundled_weights_recipes_parse_and_round_trip(stage, folder):
+    from precise_baa.registry import parse_recipe
+
+    data = json.loads((ROOT / "weights" / folder / "recipe.json").read_text())
+    recipe = parse_recipe(stage, data, folder)
+    t = recipe.training
+    photometric = t.augment.photometric if stage == "segment" else t.photometric
+    assert photometric.p == 1.0 and photometric.sharpen.p > 0  # trained with randomisation
+    assert parse_recipe(stage, json.loads(recipe.model_dump_json()), folder) == recipe
 
 
 def test_settings_import_neither_opencv_nor_stages():
