@@ -1,6 +1,6 @@
 """Training a grader on a COCO manifest (``precise-baa train grade``).
 
-The data (hand crops, jittered ROI crops, gray-level augmentation) come from
+The data (hand crops, jittered ROI crops, radiograph appearance randomisation) come from
 :mod:`precise_baa.grade.dataset`. :func:`precise_baa.training.fit` runs the loop. What the
 labels supervise (``supervision``):
 
