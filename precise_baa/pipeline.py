@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -186,11 +186,14 @@ class Pipeline:
         precision: Literal["fp32", "fp16", "bf16"] = "fp32",
         trust: bool = False,
         allow_unverified: bool = False,
+        load: Collection[str] | None = None,
     ) -> Pipeline:
         """Build from a pipeline recipe (YAML path or mapping); ``overrides`` swap stages.
 
         ``trust``: run ``.py`` recipes from outside ``stages/`` (they are code).
-        ``allow_unverified``: load weights folders without a card (results are flagged)."""
+        ``allow_unverified``: load weights folders without a card (results are flagged).
+        ``load``: the stages to build (default all); the others stay unbuilt (``None``), for a
+        worker that runs one stage (:meth:`run_stage`) and never assembles an Assessment."""
         from .registry import load_stage
         from .training import pick_device
 
@@ -211,6 +214,9 @@ class Pipeline:
         device = pick_device(device)
         stages = {}
         for stage, ref in refs.items():
+            if load is not None and stage not in load:
+                stages[stage] = None
+                continue
             r = str(resolve(ref.recipe, base)) if ref.recipe else None
             w = str(resolve(ref.weights, base)) if ref.weights else None
             if ref.runtime is not None:  # the stage's recipe with its runtime field set

@@ -310,3 +310,19 @@ def test_score_command_line(tmp_path, inbox, cli, detect_tiny):
     assert "error(s)" in p.stderr and "Traceback" not in p.stderr
     p = cli("score", str(src), "--out", str(out), "--pipeline", str(recipe), "--quiet", "--trust-recipe")
     assert p.returncode == 2 and "--resume" in p.stderr
+
+
+def test_a_worker_builds_only_the_stage_it_runs():
+    """``load=``: the other stages stay unbuilt; the weights' cards still say what they are."""
+    from precise_baa.paths import REPO_ROOT
+    from precise_baa.pipeline import Pipeline
+
+    recipe = REPO_ROOT / "stages/pipelines/default.yaml"
+    if not (REPO_ROOT / "weights/detect-detectors-lite/model.safetensors").is_file():
+        pytest.skip("bundled weights not present")
+    p = Pipeline.from_recipe(recipe, device="cpu", load={"segment"})
+    assert p.stages["segment"].obj is not None
+    assert all(p.stages[s].obj is None for s in ("detect", "grade", "score"))
+    full = Pipeline.from_recipe(recipe, device="cpu")
+    assert [m.sha256 for m in p.models] == [m.sha256 for m in full.models]
+    assert p.phantom_trained == full.phantom_trained and p.unverified == full.unverified == []

@@ -17,7 +17,7 @@ scoring loop (:func:`precise_baa.batch.loop.score_folder`) is the one writer of 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -169,8 +169,9 @@ class PipelineSpec:
     allow_unverified: bool = False
     cwd: str = field(default_factory=os.getcwd)
 
-    def build(self, device: str | None = None) -> Pipeline:
-        """The pipeline, on ``device`` (default: the spec's)."""
+    def build(self, device: str | None = None, load: Collection[str] | None = None) -> Pipeline:
+        """The pipeline, on ``device`` (default: the spec's); ``load``: only these stages
+        (:meth:`~precise_baa.pipeline.Pipeline.from_recipe`)."""
         from ..pipeline import Pipeline
 
         if self.cwd and Path(self.cwd).is_dir() and Path.cwd() != Path(self.cwd):
@@ -178,7 +179,8 @@ class PipelineSpec:
         recipe = self.recipe if isinstance(self.recipe, str) else dict(self.recipe)
         return Pipeline.from_recipe(recipe, overrides=dict(self.overrides),
                                     device=device or self.device, precision=self.precision,  # type: ignore[arg-type]
-                                    trust=self.trust, allow_unverified=self.allow_unverified)
+                                    trust=self.trust, allow_unverified=self.allow_unverified,
+                                    load=load)
 
 
 # ------------------------------------------------------------------------------ engines

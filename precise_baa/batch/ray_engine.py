@@ -85,11 +85,14 @@ class StageActor:
         device = self.spec.device
         if device and device.startswith("cuda"):  # Ray shows each actor its own GPU(s)
             device = "cuda"
+        if self.stage != LEARNED_STAGES[-1]:  # runs its stage only: builds only its model
+            self.pipeline = self.spec.build(device=device, load={self.stage})
+            return
+        # the last pool assembles the records, which name every stage's model as the weights
+        # loaded it: it builds them all, then keeps the grader and the scorer
         self.pipeline = self.spec.build(device=device)
-        # keep only the models this actor runs (the records still name every stage's model)
-        keep = {self.stage, "score"} if self.stage == LEARNED_STAGES[-1] else {self.stage}
         for name, st in self.pipeline.stages.items():
-            if name not in keep:
+            if name not in (self.stage, "score"):
                 st.obj = None
         gc.collect()
 
