@@ -102,7 +102,22 @@ def load_config(recipe: DetectRecipe) -> Config:
     data = prepare_config(data, pretrained=recipe.pretrained)
     if recipe.input_size is not None:
         data = with_input_size(data, recipe.input_size)
+    if recipe.proposals is not None:
+        data = with_test_proposals(data, recipe.proposals)
     return Config(data)
+
+
+def with_test_proposals(cfg: Mapping[str, Any], n: int) -> dict[str, Any]:
+    """``cfg`` keeping ``n`` RPN proposals per image at test time (``test_cfg.rpn.max_per_img``
+    of the model, and ``rpn_proposals`` where the config names it)."""
+    cfg = _plain(cfg)
+    rpn = ((cfg["model"].get("test_cfg") or {}).get("rpn"))
+    if not isinstance(rpn, dict):
+        raise RecipeError("proposals: the mmdet config's model has no test_cfg.rpn (not a two-stage detector?)")
+    rpn["max_per_img"] = int(n)
+    if isinstance(cfg.get("rpn_proposals"), (tuple, list)) and len(cfg["rpn_proposals"]) == 2:
+        cfg["rpn_proposals"] = (cfg["rpn_proposals"][0], int(n))
+    return cfg
 
 
 def with_input_size(cfg: Mapping[str, Any], size: int) -> dict[str, Any]:

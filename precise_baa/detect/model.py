@@ -73,6 +73,8 @@ class MmdetDetector:
         self.model = model.to(self.device).eval()
         self.pipeline = inference_pipeline(cfg)
         self.channels = input_channels(cfg)
+        self._fast: torch.nn.Module | None = None
+        self._fast_key: tuple[int, int] | None = None
         self.info = info or ModelInfo(stage="detect", implementation=recipe.implementation,
                                       name=recipe.display_name)
 
@@ -103,6 +105,20 @@ class MmdetDetector:
         return count_parameters(self.model)
 
     # ------------------------------------------------------------------ inference
+    def inference_model(self) -> torch.nn.Module:
+        """The model that predicts: ``self.model`` itself, or with the recipe's
+        ``fast_inference`` its inference form (:mod:`precise_baa.detect.fast`), rebuilt when
+        ``self.model`` or any of its tensors has changed since (training, loading weights)."""
+        if not self.recipe.fast_inference:
+            return self.model
+        from .fast import inference_copy, tensor_versions
+
+        key = (id(self.model), tensor_versions(self.model))
+        if self._fast is None or key != self._fast_key:
+            self._fast = inference_copy(self.model, channels_last=self.device == "cpu")
+            self._fast_key = key
+        return self._fast
+
     def predict_raw(self, images: Sequence[np.ndarray]) -> list[RawDetections]:
         """Every box the model outputs (after its own NMS and score threshold), per image."""
         from mmengine.dataset import pseudo_collate
@@ -110,6 +126,7 @@ class MmdetDetector:
         out: list[RawDetections] = []
         step = self.recipe.max_batch
         self.model.eval()
+        model = self.inference_model()
         for start in range(0, len(images), step):
             chunk = images[start:start + step]
             batch = pseudo_collate([
@@ -117,7 +134,7 @@ class MmdetDetector:
                 for i, img in enumerate(chunk)
             ])
             with torch.inference_mode():
-                results = self.model.test_step(batch)
+                results = model.test_step(batch)
             for img, r in zip(chunk, results, strict=True):
                 p = r.pred_instances
                 # clipped to the image: a fixed-size Pad makes mmdet clip to the padded canvas

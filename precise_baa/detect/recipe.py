@@ -8,6 +8,7 @@ A recipe is usually just the config file (``stages/detect/detectors-cascade-rcnn
     config: stages/detect/detectors-cascade-rcnn-r50.py
     pretrained: true          # ImageNet backbone weights (downloads once; off by default)
     input_size: 640           # hand crop resized into 640 x 640 (default: the config's)
+    proposals: 100            # RPN proposals per image at test time (default: the config's)
     score_threshold: 0.3
     anatomy: {size_factor: 3.5}
 
@@ -40,6 +41,13 @@ class DetectRecipe(Recipe):
     #: the longer side (px) the hand crop is resized to, replacing the config's ``image_scale``
     #: in every Resize/Pad step of its pipelines (None: as the config says)
     input_size: int | None = Field(None, ge=64, le=4096)
+    #: RPN proposals kept per image at test time, replacing the config's ``test_cfg.rpn``
+    #: ``max_per_img`` (None: as the config says); 13 objects per hand need few
+    proposals: int | None = Field(None, ge=13, le=10000)
+    #: predict with the model's inference form (weight standardisation and BatchNorm folded
+    #: into the convolutions once, NHWC on CPU; same outputs within float rounding):
+    #: precise_baa.detect.fast
+    fast_inference: bool = True
     #: a box counts only with at least this score
     score_threshold: float = Field(0.05, ge=0.0, le=1.0)
     #: boxes per ROI class tried, best first, when the top one is anatomically implausible
