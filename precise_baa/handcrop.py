@@ -83,20 +83,29 @@ def implausible(mask: np.ndarray, params: CleanupParams = CleanupParams()) -> st
         return f"no plausible hand: mask covers {area:.1%} of the image (< {params.min_area:.0%})"
     if area > params.max_area:
         return f"no plausible hand: mask covers {area:.1%} of the image (> {params.max_area:.0%})"
-    ys, xs = np.nonzero(mask)
-    fill = mask.sum() / float((ys.max() - ys.min() + 1) * (xs.max() - xs.min() + 1))
+    x0, y0, bw, bh = mask_bounds(mask)
+    fill = mask.sum() / float(bw * bh)
     if fill < params.min_fill:
         return f"no plausible hand: mask fills {fill:.0%} of its box (< {params.min_fill:.0%})"
     return None
 
 
+def mask_bounds(mask: np.ndarray) -> tuple[int, int, int, int]:
+    """``(x, y, width, height)`` of the smallest box holding every true pixel of a 2-D mask
+    (all zeros when it is empty): OpenCV's bounding rectangle, a fraction of ``np.nonzero``'s
+    time on full-size radiographs."""
+    m = np.ascontiguousarray(mask)
+    m = m.view(np.uint8) if m.dtype == np.bool_ else (m != 0).astype(np.uint8)
+    return tuple(int(v) for v in cv2.boundingRect(m))
+
+
 def mask_box(mask: np.ndarray, margin: float = 0.0) -> Box:
     """Integer-edged box around a mask, grown by ``margin`` x its longer side, clipped."""
     h, w = mask.shape
-    ys, xs = np.nonzero(mask)
-    if len(ys) == 0:
+    x0, y0, bw, bh = mask_bounds(mask)
+    if bw == 0 or bh == 0:
         return Box(x0=0, y0=0, x1=w, y1=h)
-    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    y1, x1 = y0 + bh, x0 + bw
     pad = int(round(margin * max(y1 - y0, x1 - x0)))
     return Box(x0=max(0, x0 - pad), y0=max(0, y0 - pad), x1=min(w, x1 + pad), y1=min(h, y1 + pad))
 

@@ -14,7 +14,7 @@ from precise_baa.augment import Photometric
 from precise_baa.data import load_coco, prepared_example, read_mask, read_pair
 from precise_baa.errors import InputError, RecipeError, WeightsError
 from precise_baa.evaluation import mask_metrics
-from precise_baa.handcrop import CleanupParams, clean_mask, hand_crop
+from precise_baa.handcrop import CleanupParams, clean_mask, hand_crop, mask_bounds, mask_box
 from precise_baa.interfaces import Segmenter
 from precise_baa.registry import load_stage, read_recipe
 from precise_baa.segment.base import letterbox, unletterbox
@@ -113,6 +113,27 @@ def test_clean_mask_drops_marker_strip_and_fills_holes(phantom):
     assert not cleaned[marker].any() and not cleaned[strip].any()
     assert cleaned[hole].all()
     assert mask_metrics(cleaned, phantom.mask)["dice"] > 0.98
+
+
+def test_mask_bounds_and_box_match_the_nonzero_pixels(phantom):
+    rng = np.random.default_rng(4)
+    masks = [phantom.mask, np.zeros((7, 9), bool), np.ones((3, 5), bool)]
+    for _ in range(50):
+        m = np.zeros((int(rng.integers(1, 40)), int(rng.integers(1, 40))), bool)
+        k = int(rng.integers(1, 12))
+        m[rng.integers(0, m.shape[0], k), rng.integers(0, m.shape[1], k)] = True
+        masks.append(m)
+    for m in masks:
+        ys, xs = np.nonzero(m)
+        if len(ys) == 0:
+            assert mask_bounds(m)[2:] == (0, 0)
+            assert mask_box(m) == mask_box(np.ones_like(m))  # the whole image
+            continue
+        want = (xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1)
+        assert mask_bounds(m) == want and mask_bounds(m.astype(np.uint8) * 7) == want
+        assert mask_bounds(m[:, ::-1]) == (m.shape[1] - xs.max() - 1, *want[1:])  # not contiguous
+        b = mask_box(m)
+        assert (b.x0, b.y0, b.x1, b.y1) == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
 
 
 def test_threshold_segmenter_removes_planted_marker_and_edge_strip(phantom):
