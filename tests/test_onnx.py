@@ -280,3 +280,13 @@ def test_the_onnx_pipeline_recipe_sets_the_runtime_per_stage():
     default = PipelineRecipe.model_validate(read_yaml(ROOT / "stages/pipelines/default.yaml"))
     assert (recipe.segment.weights, recipe.grade.weights) == (default.segment.weights,
                                                               default.grade.weights)
+
+
+def test_export_summary_says_whether_the_export_was_checked(tmp_path):
+    from precise_baa.runtime.export import ExportResult
+
+    checked = ExportResult(tmp_path / "m.onnx", "ab" * 32, 18, tmp_path, {"logits": 3e-6}, 2, 1.0)
+    assert "on a batch of 2: max |diff| 3.00e-06" in checked.summary()
+    unchecked = ExportResult(tmp_path / "m.onnx", "ab" * 32, 18, tmp_path)
+    assert "not checked against PyTorch" in unchecked.summary()
+    assert "batch of 0" not in unchecked.summary()

@@ -74,9 +74,10 @@ class ExportResult:
         worst = max(self.max_abs_diff.values(), default=0.0)
         where = (f"recorded in {self.folder / 'card.json'}" if self.folder is not None else
                  "standalone (no card records it; runtime: onnxruntime reads WEIGHTS/model.onnx)")
+        check = (f"onnxruntime vs PyTorch on a batch of {self.check_batch}: max |diff| {worst:.2e}"
+                 if self.check_batch else "not checked against PyTorch (--no-check)")
         return (f"{self.path}: ONNX opset {self.opset}, sha256 {self.sha256[:16]}..., {where}; "
-                f"onnxruntime vs PyTorch on a batch of {self.check_batch}: max |diff| "
-                f"{worst:.2e} ({self.seconds:.0f} s)")
+                f"{check} ({self.seconds:.0f} s)")
 
 
 def _not_exportable(stage: str, implementation: str) -> str | None:
