@@ -2,6 +2,7 @@
 """Pipeline speed and memory: per-stage and end-to-end latency, batch throughput, peak memory.
 
     .venv/bin/python benchmarks/bench_pipeline.py                     # lite + full on CPU
+    .venv/bin/python benchmarks/bench_pipeline.py --configs lite lite-onnx full   # + ONNX Runtime
     .venv/bin/python benchmarks/bench_pipeline.py --device cuda --precision bf16 --batch-size 32
     .venv/bin/python benchmarks/bench_pipeline.py --markdown benchmarks/RESULTS.md
 
@@ -52,6 +53,12 @@ CONFIGS = {
                     "detect": "stages/detect/detectors-cascade-rcnn-lite.py",
                     "grade": "stages/grade/densenet-attention-lite.yaml"},
     },
+    # the bundled pipeline with its segmenter and grader in ONNX Runtime (the deployment
+    # runtime; the bundled folders are exported into a temporary copy first: needs the [onnx] extra)
+    "lite-onnx": {
+        "pipeline": "stages/pipelines/default-onnx.yaml",
+        "export": ("segment", "grade"),
+    },
     # the paper's full-size architecture (random weights: timing only)
     "full": {
         "recipes": {"segment": "stages/segment/unet-resnet34.yaml",
@@ -66,6 +73,8 @@ def _build(name: str, device: str, precision: str):
     from precise_baa.pipeline import Pipeline
 
     cfg = CONFIGS[name]
+    if cfg.get("export"):
+        return _exported(cfg, device, precision), True
     if cfg.get("pipeline"):
         try:
             return Pipeline.from_recipe(cfg["pipeline"], device=device, precision=precision), True
@@ -74,6 +83,30 @@ def _build(name: str, device: str, precision: str):
     recipe = {s: {"recipe": r} for s, r in cfg["recipes"].items()}
     recipe["score"] = {"recipe": "stages/score/rus-chn.yaml"}
     return Pipeline.from_recipe(recipe, device=device, precision=precision), False
+
+
+def _exported(cfg: dict, device: str, precision: str):
+    """The pipeline of ``cfg`` with the stages in ``cfg["export"]`` exported to ONNX (copies of
+    the bundled weights folders in a temporary folder, removed at exit)."""
+    import atexit
+    import shutil
+
+    from precise_baa.pipeline import Pipeline
+    from precise_baa.runtime.export import export_onnx
+    from precise_baa.schemas import read_yaml
+
+    recipe = read_yaml(ROOT / cfg["pipeline"])
+    tmp = Path(tempfile.mkdtemp(prefix="bench-onnx-"))
+    atexit.register(shutil.rmtree, tmp, ignore_errors=True)
+    for stage in cfg["export"]:
+        line = dict(recipe[stage])
+        res = export_onnx(ROOT / line["weights"], tmp / stage)
+        print(f"[export] {res.summary()}", file=sys.stderr)
+        recipe[stage] = {**line, "weights": str(tmp / stage), "runtime": "onnxruntime"}
+    for stage, line in recipe.items():  # the other stages' folders, from the repository root
+        if isinstance(line, dict) and "weights" in line and stage not in cfg["export"]:
+            recipe[stage] = {**line, "weights": str(ROOT / line["weights"])}
+    return Pipeline.from_recipe(recipe, device=device, precision=precision)
 
 
 def child(args) -> dict:
@@ -136,7 +169,7 @@ def child(args) -> dict:
         "batch_size": args.batch_size, "n": n, "repeats": args.repeats,
         "latency_ms": {k: round(v, 1) for k, v in latency.items()},
         "throughput_per_s": round(throughput, 2),
-        "parameters_m": {k: round(sum(p.numel() for p in getattr(v, "model", torch.nn.Module()).parameters()) / 1e6, 2)
+        "parameters_m": {k: round(sum(p.numel() for p in (getattr(v, "model", None) or torch.nn.Module()).parameters()) / 1e6, 2)
                          for k, v in st.items() if k != "score"},
     }
     if trained and args.folder:

@@ -237,6 +237,21 @@ def test_score_folder_isolates_every_bad_input(pipe, inbox, tmp_path):
         score_folder(pipe, src, out, meta=meta, progress=False)
 
 
+def test_decoding_in_worker_processes_gives_the_same_rows(pipe, inbox, tmp_path):
+    # decoded pixels come back from the workers as shared-memory tensors, then numpy again
+    src, meta = inbox
+    here = score_folder(pipe, src, tmp_path / "here", meta=meta, batch_size=2, progress=False,
+                        pictures=False)
+    workers = score_folder(pipe, src, tmp_path / "workers", meta=meta, batch_size=2, workers=2,
+                           progress=False, pictures=False)
+    assert here.counts == workers.counts and workers.counts["ok"] == 3
+    a, b = _rows(tmp_path / "here"), _rows(tmp_path / "workers")
+    assert a.keys() == b.keys()
+    for k in a:
+        same = {c: v for c, v in a[k].items() if "second" not in c and "time" not in c}
+        assert same == {c: b[k][c] for c in same}, k
+
+
 def test_resume_after_an_interrupted_run(pipe, inbox, tmp_path):
     src, meta = inbox
     meta.write_text(meta.read_text().replace("ward/", ""))  # ids relative to src/ward
