@@ -16,7 +16,8 @@ depend on what an untrained detector finds); the scorer on the grades.
 - throughput: all ``--n`` radiographs in batches of ``--batch-size`` through the four stages
   (images already decoded), radiographs per second
 - folder: ``precise-baa score``'s own loop over PNG files (decoding in ``--workers``
-  processes, pictures off), for the configuration with trained weights
+  processes, pictures off), for the configurations with trained weights, after a warm-up
+  run over one batch (the timed run still starts its own decoding workers)
 - peak memory: process peak RSS (CPU) or ``torch.cuda.max_memory_allocated`` (GPU)
 
 Every time is also given as a ratio to the fixed reference of benchmarks/reference.py (a
@@ -183,6 +184,14 @@ def child(args) -> dict:
                 save_png(src / f"p{i:03d}.png", p.image)
                 rows.append(f"p{i:03d},{p.sex},{p.chronological_age}")
             (Path(tmp) / "meta.csv").write_text("\n".join(rows) + "\n")
+            # warm-up on a copy of the first batch (first-call costs are not throughput)
+            warm = Path(tmp) / "warm"
+            warm.mkdir()
+            for f in sorted(src.iterdir())[:args.batch_size]:
+                (warm / f.name).write_bytes(f.read_bytes())
+            score_folder(pipe, warm, Path(tmp) / "warm-out", meta=Path(tmp) / "meta.csv",
+                         batch_size=args.batch_size, workers=args.workers, pictures=False,
+                         progress=False)
             s = score_folder(pipe, src, Path(tmp) / "out", meta=Path(tmp) / "meta.csv",
                              batch_size=args.batch_size, workers=args.workers, pictures=False,
                              progress=False)
@@ -205,7 +214,9 @@ def machine(device: str, threads: int) -> str:
         pass
     import torch
 
-    desc = f"{cpu}, {os.cpu_count()} logical CPUs ({threads} torch threads), torch {torch.__version__}"
+    # OpenMP's wait policy changes small-op CPU work a lot (PASSIVE: the lite pipeline ~1.5x slower)
+    desc = (f"{cpu}, {os.cpu_count()} logical CPUs ({threads} torch threads, OMP_WAIT_POLICY "
+            f"{os.environ.get('OMP_WAIT_POLICY', 'unset')}), torch {torch.__version__}")
     if device.startswith("cuda") and torch.cuda.is_available():
         desc += f", {torch.cuda.get_device_name(0)}"
     return desc
@@ -245,7 +256,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5, help="radiographs for latency medians")
     ap.add_argument("--size", type=int, default=1024, help="phantom size in pixels")
     ap.add_argument("--batch-size", type=int, default=4)
-    ap.add_argument("--workers", type=int, default=1, help="decoding workers for the folder run")
+    ap.add_argument("--workers", type=int, default=0,
+                    help="decoding workers for the folder run (default 0, as precise-baa score)")
     ap.add_argument("--no-folder", dest="folder", action="store_false")
     ap.add_argument("--markdown", type=Path, default=None, help="append the table to this file")
     ap.add_argument("--child", dest="config", default=None, help=argparse.SUPPRESS)

@@ -61,6 +61,9 @@ def test_inference_form_gives_the_same_features_and_boxes(detect_tiny, crops, de
     assert not any(type(m).__name__ in ("SAConv2d", "ConvAWS2d") for m in fast.modules())
     bn = lambda m: sum(isinstance(x, torch.nn.modules.batchnorm._BatchNorm) for x in m.modules())  # noqa: E731
     assert bn(fast) < bn(model) // 2
+    roi = [m for m in fast.modules() if type(m).__name__ == "RoIAlign"]
+    assert roi and all(m.use_torchvision for m in roi)
+    assert not any(m.use_torchvision for m in model.modules() if type(m).__name__ == "RoIAlign")
 
     x = torch.randn(2, 3, 160, 160, generator=torch.Generator().manual_seed(1)) * 50
     with torch.inference_mode():

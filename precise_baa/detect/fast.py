@@ -8,6 +8,8 @@ and does some of its per-pixel work on more channels than it needs:
 - **BatchNorm** in eval mode is an affine map per channel; where it directly follows a plain
   convolution (the ResNet stem, ``conv1``/``conv3`` of each bottleneck, the downsample
   branches) it is folded into that convolution's weight and bias.
+- **RoIAlign** runs torchvision's kernel, which mmcv's ``RoIAlign`` offers itself
+  (``use_torchvision``): the same average-pooled bilinear samples, about 3 x faster on CPU.
 - **SAC's switch** is a 1 x 1 convolution to one channel of a 5 x 5 average (reflect-padded)
   of the input. Both are linear and the padding is per pixel, so the average is taken after
   the 1 x 1 convolution: over 1 channel instead of all of them. (Not with SAC's deformable
@@ -42,6 +44,7 @@ def inference_copy(model: nn.Module, *, channels_last: bool = False) -> nn.Modul
     with torch.no_grad():
         _replace_convs(fast)
         _fold_batchnorms(fast)
+        _torchvision_roi_align(fast)
         if channels_last:
             _channels_last(fast)
     return fast
@@ -127,6 +130,15 @@ def _replace_convs(module: nn.Module) -> None:
             setattr(module, name, _plain_conv(child, child._get_weight(child.weight), child.bias))
         else:
             _replace_convs(child)
+
+
+# ---------------------------------------------------------------------- RoIAlign
+def _torchvision_roi_align(model: nn.Module) -> None:
+    from mmcv.ops import RoIAlign
+
+    for m in model.modules():
+        if isinstance(m, RoIAlign) and m.pool_mode == "avg":
+            m.use_torchvision = True  # a copied module: the original keeps mmcv's kernel
 
 
 # ---------------------------------------------------------------------- memory layout
