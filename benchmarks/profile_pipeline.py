@@ -57,7 +57,9 @@ def child(config: str, n: int, size: int, threads: int, depth: int) -> str:
     pipe, trained = _build(config, "cpu", "fp32")
     st = {k: v.obj for k, v in pipe.stages.items()}
     for stage in ("segment", "detect", "grade"):
-        net = getattr(st[stage], "model", None)
+        # the detector predicts with its inference form (precise_baa.detect.fast): hook that
+        form = getattr(st[stage], "inference_model", None)
+        net = form() if callable(form) else getattr(st[stage], "model", None)
         if isinstance(net, torch.nn.Module):
             _hook_modules(stage, net, depth)
     phantoms = [render_phantom(9000 + i, size=size) for i in range(n + 1)]

@@ -14,8 +14,8 @@ base_channels = 16  # a quarter of ResNet-50's width (stage outputs 64, 128, 256
 fpn_channels = 64  # RFP/FPN width; ASPP gives fpn_channels // 4 per branch
 fc_channels = 256  # box head width
 anchor_scale = 4  # anchor side = anchor_scale x stride (small bones are ~10-17 px at 256)
-rpn_proposals = (500, 150)  # kept after NMS: training, testing (150 at test: same AP as 300
-# on held-out phantoms, 100 lost 0.001 mAP; RoIAlign's time scales with it)
+rpn_proposals = (500, 300)  # kept after NMS: training, testing (150 at test kept the held-out
+# phantoms' AP but lost a real-dev radiograph: the candidate search needs the lower-ranked boxes)
 rcnn_samples = 128  # RoIs sampled per image and cascade stage in training
 batch_size = 4
 # SAC's switch between dilation 1 and 3 (and its global context) is kept; its optional deformable
