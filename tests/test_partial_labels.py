@@ -151,6 +151,23 @@ def test_bone_age_loss_terms():
         bone_age_loss(adult, end, sex, scorer, prior_weight=1.0, prior="x")
 
 
+def test_mixed_terms_count_each_image_once_or_each_term_once():
+    from precise_baa.grade.train import combine_terms
+
+    stage, age = torch.tensor(2.0), torch.tensor(0.5)
+    # one stage-labelled image and three bone-age images in a batch of four
+    got = combine_terms(stage, age, staged=1, aged=3, batch=4, age_weight=2.0, weighting="image")
+    assert float(got) == pytest.approx(0.25 * 2.0 + 2.0 * 0.75 * 0.5)
+    got = combine_terms(stage, age, staged=1, aged=3, batch=4, age_weight=2.0, weighting="term")
+    assert float(got) == pytest.approx(2.0 + 2.0 * 0.5)
+    # no stage-labelled image: the image form drops the stage term (0 in training then anyway)
+    for w in ("image", "term"):
+        assert float(combine_terms(stage, age, staged=0, aged=4, batch=4, weighting=w)) == \
+            pytest.approx(2.0 * (w == "term") + 0.5)
+    with pytest.raises(ValueError, match="mixed_weighting"):
+        combine_terms(stage, age, staged=1, aged=3, batch=4, weighting="batch")
+
+
 def test_soft_prior_prefers_the_stage_at_the_level():
     """Per bone, the soft prior is least for the stage whose points fraction is nearest the
     level the bone age implies, and grows with the distance from it."""
@@ -263,7 +280,7 @@ def test_mixed_uses_stages_where_present(phantoms, tmp_path):
     recs = load_coco(coco).records
     sup = supervised_records(recs, recipe, "mixed", "m")
     assert [sup.use_stages[r.id] for r in recs] == [r.id in (1, 2) for r in recs]
-    assert set(sup.ages) == {r.id for r in recs if r.id not in (1, 2)}
+    assert set(sup.ages) == {r.id for r in recs}  # a stage-labelled image's bone age counts too
     assert set(sup.reference_ages) == {r.id for r in recs}  # validation reads every bone age
     only_age = supervised_records(recs, recipe, "bone-age", "m")
     assert not any(only_age.use_stages.values()) and len(only_age.ages) == 8

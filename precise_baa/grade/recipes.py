@@ -77,6 +77,15 @@ class GradeTraining(_Settings):
     hand_prior: Literal["soft", "l2"] = "soft"
     hand_prior_sd: float = Field(0.05, gt=0, le=1)
     concentration_weight: float = Field(0.05, ge=0)
+    #: ``mixed`` supervision: how the stage loss and the bone-age loss of one batch are added.
+    #: ``image``: each image counts once (each term weighted by its images' share of the
+    #: batch); ``term``: each term is the mean over its own images (a batch's one or two
+    #: stage-labelled images then weigh as much as all its bone-age images together)
+    mixed_weighting: Literal["image", "term"] = "image"
+    #: ``mixed`` supervision: class weights for the stage loss, from the stage-labelled images
+    #: only (off by default: from a few images they overweight those images' rare stages;
+    #: benchmarks/RESULTS.md, partial labels)
+    mixed_class_weights: bool = False
 
     @model_validator(mode="before")
     @classmethod

@@ -13,8 +13,10 @@ labels supervise (``supervision``):
   the label, plus two terms that keep the heads meaningful as stages (:func:`bone_age_loss`).
   The checkpoint with the lowest validation bone-age error (argmax stages scored by the table
   scorer, against the label) is kept.
-- ``mixed``: the stage loss on images with stages, the bone-age loss on the others, in the
-  same batches; checkpoints as for ``bone-age``.
+- ``mixed``: the stage loss on images with stages, the bone-age loss on images with a bone
+  age (those with stages too), in the same batches, each weighted by its images' share of the
+  batch (``mixed_weighting``); the stage loss without class weights (``mixed_class_weights``);
+  checkpoints as for ``bone-age``.
 
 Images without boxes or masks can get them from trained stages (``boxes_from``: a detector;
 ``segment``: a segmenter, the bundled one by default), see :mod:`precise_baa.labels.predicted`.
@@ -160,6 +162,18 @@ def bone_age_loss(out: GraderOutput, ages: torch.Tensor, sex: torch.Tensor,
     return loss
 
 
+def combine_terms(stage_term: torch.Tensor, age_term: torch.Tensor, *, staged: int, aged: int,
+                  batch: int, age_weight: float = 1.0, weighting: str = "image") -> torch.Tensor:
+    """One batch's loss from its stage term and its bone-age term, each a mean over its own
+    images (``staged`` and ``aged`` of the ``batch``). ``image``: each term weighted by its
+    images' share of the batch, so every image counts once; ``term``: the plain sum."""
+    if weighting == "image":
+        return (staged / batch) * stage_term + age_weight * (aged / batch) * age_term
+    if weighting == "term":
+        return stage_term + age_weight * age_term
+    raise ValueError(f"mixed_weighting {weighting!r}: use image or term")
+
+
 # --------------------------------------------------------------------------------------------
 # What each image supervises
 SUPERVISION = ("stages", "bone-age", "mixed")
@@ -215,8 +229,7 @@ def supervised_records(records: Sequence[ImageRecord], recipe: GradeRecipe, supe
             use_stages[r.id] = has_stages
             if age is not None:
                 reference[r.id] = age
-                if not has_stages:
-                    ages[r.id] = age
+                ages[r.id] = age  # mixed: a stage-labelled image's bone age supervises too
     if skipped["outside_curve"]:
         log.warning("%s: %d bone age(s) outside the %s curve (F %g-%g y, M %g-%g y) skipped",
                     source, skipped["outside_curve"], std, *ranges["F"], *ranges["M"])
@@ -411,8 +424,9 @@ def train_grader(
 
         load_into(model, load_weights(init_weights))
     grader = RoiGrader(model, recipe, device=device)
+    weighted = supervision != "mixed" or t.mixed_class_weights
     weights = class_weights(staged, recipe.standard, power=t.class_weight_power,
-                            smoothing=t.class_weight_smoothing)
+                            smoothing=t.class_weight_smoothing) if weighted else None
     scorer = DifferentiableScorer(recipe.standard).to(device)
 
     def loss_fn(model, batch):
@@ -429,8 +443,9 @@ def train_grader(
                                          prior_weight=t.hand_prior_weight,
                                          prior=t.hand_prior, prior_sd=t.hand_prior_sd,
                                          concentration_weight=t.concentration_weight)
-                # each term is a mean over its own images (stage loss: 0 without stages)
-                loss = loss + t.age_weight * age_term
+                loss = combine_terms(loss, age_term, staged=int((labels >= 0).any(1).sum()),
+                                     aged=int(m.sum()), batch=len(ages), age_weight=t.age_weight,
+                                     weighting=t.mixed_weighting)
         return loss
 
     def validate(model) -> dict[str, float]:
