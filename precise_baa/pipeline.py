@@ -37,6 +37,12 @@ LEARNED_STAGES = ("segment", "detect", "grade")
 MIRRORED = "right_hand_mirrored"
 MIRRORED_NOTICE = ("right hand (DICOM laterality R): mirrored and assessed as a left hand, as the "
                    "standards are defined; boxes are in the mirrored image")
+#: flag code of a hand the detector found only in the mirrored radiograph (thumb on the left)
+MIRRORED_BY_DETECTION = "hand_mirrored"
+MIRRORED_BY_DETECTION_NOTICE = (
+    "thumb on the left (a right hand, or a left hand imaged from the other side): ROIs were "
+    "missing as read and found in the mirrored radiograph, which was assessed as a left hand; "
+    "boxes are in the mirrored image")
 
 
 class StageRef(BaseModel):
@@ -90,6 +96,11 @@ class RejectPolicy(BaseModel):
     low_confidence: float = 0.35
     #: reject when more than this many ROIs are low-confidence
     max_low_confidence_rois: int = 13
+    #: when ROIs are missing, detect again on the mirrored hand crop and assess the mirrored
+    #: radiograph when that finds more ROIs and shows the standards' view (thumb on the right:
+    #: as read it was on the left, a right hand or a left hand imaged from the other side);
+    #: flagged. Not for radiographs a DICOM laterality already mirrored
+    retry_mirrored: bool = True
 
 
 class PipelineRecipe(BaseModel):
@@ -336,6 +347,8 @@ class Pipeline:
                 res = obj.segment([w.rad.pixels for w in todo])
             elif stage == "detect":
                 res = obj.detect([w.seg.image for w in todo])
+                if self.policy.retry_mirrored:
+                    res = self._retry_mirrored(obj, todo, res)
             else:
                 res = obj.grade([w.seg.image for w in todo], [w.det.boxes for w in todo],
                                 [w.sex for w in todo])
@@ -344,6 +357,25 @@ class Pipeline:
         for w, r in zip(todo, res, strict=True):
             setattr(w, field_name, r)
             w.timings[stage] = per
+
+    @staticmethod
+    def _retry_mirrored(detector: Any, works: Sequence[Work], res: list[Detections]) -> list[Detections]:
+        """Detect again, mirrored, where ROIs are missing; a work whose mirrored hand has fewer
+        missing ROIs and shows the standards' view (thumb on the right: it was on the left as
+        read) becomes the mirrored radiograph (pixels, mask, crop) with those boxes."""
+        from .detect.anatomy import thumb_on_the_right
+
+        again = [i for i, (w, r) in enumerate(zip(works, res, strict=True))
+                 if r.missing and not w.rad.meta.mirrored]
+        if not again:
+            return res
+        res = list(res)
+        flipped = detector.detect([np.ascontiguousarray(works[i].seg.image[:, ::-1]) for i in again])
+        for i, r in zip(again, flipped, strict=True):
+            if len(r.missing) < len(res[i].missing) and thumb_on_the_right(r.boxes):
+                works[i].rad, works[i].seg = mirrored(works[i].rad, works[i].seg)
+                res[i] = r
+        return res
 
     def finish(self, works: Sequence[Work]) -> list[Assessment]:
         """Score and assemble each work's :class:`Assessment`."""
@@ -359,7 +391,10 @@ class Pipeline:
         for stage in self.unverified:
             flags.append(Flag(code="weights_unverified", stage=stage,
                               message=f"{stage} stage: {UNVERIFIED_NOTICE}"))
-        if rad.meta.mirrored:
+        if rad.meta.mirrored and rad.meta.extra.get("mirrored_by") == "detect":
+            flags.append(Flag(code=MIRRORED_BY_DETECTION, message=MIRRORED_BY_DETECTION_NOTICE,
+                              stage="detect"))
+        elif rad.meta.mirrored:
             flags.append(Flag(code=MIRRORED, message=MIRRORED_NOTICE, stage="input"))
         return dict(
             id=id, source=rad.meta.source, image_size=tuple(rad.pixels.shape),
@@ -439,3 +474,26 @@ class Pipeline:
             deviation_threshold_years=score.deviation_threshold_years,
             deviation_beyond_threshold=score.deviation_beyond_threshold,
         )
+
+
+def mirrored(rad: Radiograph, seg: SegmentResult) -> tuple[Radiograph, SegmentResult]:
+    """``rad`` and its segmentation mirrored left-right (the crop box moves to the other side)."""
+    from dataclasses import replace
+
+    from .schemas import Box
+
+    w = rad.pixels.shape[1]
+    flip = lambda a: None if a is None else np.ascontiguousarray(a[:, ::-1])  # noqa: E731
+    b = seg.crop_box
+    meta = replace(rad.meta, mirrored=True, extra={**rad.meta.extra, "mirrored_by": "detect"})
+    return (replace(rad, pixels=flip(rad.pixels), meta=meta),
+            replace(seg, mask=flip(seg.mask), image=flip(seg.image), raw_mask=flip(seg.raw_mask),
+                    crop_box=Box(x0=w - b.x1, y0=b.y0, x1=w - b.x0, y1=b.y1)))
+
+
+def assessed_pixels(assessment: Assessment, pixels: np.ndarray) -> np.ndarray:
+    """The pixels the assessment's boxes refer to: ``pixels`` as read, mirrored when the
+    detector found the hand only mirrored (flag ``hand_mirrored``)."""
+    if any(f.code == MIRRORED_BY_DETECTION for f in assessment.flags):
+        return np.ascontiguousarray(pixels[:, ::-1])
+    return pixels

@@ -26,7 +26,7 @@ from precise_baa.interfaces import Detections
 from precise_baa.pipeline import Pipeline
 from precise_baa.registry import load_stage
 from precise_baa.rois import ROI_KEYS
-from precise_baa.schemas import ModelInfo
+from precise_baa.schemas import Box, ModelInfo
 from precise_baa.synth import generate_dataset
 
 RECIPES = Path(__file__).parent / "recipes"
@@ -42,8 +42,9 @@ class OracleDetector:
         self.calls = 0
 
     def detect(self, images):
+        """Unknown crops (e.g. mirrored ones) find nothing: every ROI missing."""
         self.calls += len(images)
-        return [Detections(boxes=dict(self.table[_key(im)]), scores={k: 1.0 for k in ROI_KEYS})
+        return [Detections(boxes=dict(self.table.get(_key(im), {})), scores={k: 1.0 for k in ROI_KEYS})
                 for im in images]
 
 
@@ -109,6 +110,83 @@ def test_missing_roi_rejects_and_names_it(stages, phantoms):
     assert a.status == "rejected" and "dp5" in a.reason
     assert a.bone_age_years is None and a.roi("dp5").box is None
     assert all(x.stage is None for x in a.rois)  # rejected before grading
+
+
+def test_a_hand_found_only_mirrored_is_assessed_mirrored_and_flagged(stages, tmp_path):
+    from dataclasses import replace
+
+    from precise_baa.batch.discovery import InputItem
+    from precise_baa.batch.engines import assess_decoded
+    from precise_baa.batch.metadata import Meta
+    from precise_baa.imaging import Radiograph
+    from precise_baa.pipeline import PipelineRecipe
+
+    r = next(iter(stages["truth"].values()))
+    rad = read_radiograph(r.path)
+    flipped = Radiograph(np.ascontiguousarray(rad.pixels[:, ::-1]), rad.meta)  # thumb on the left
+    det = OracleDetector(stages["table"])  # knows the hand as generated (thumb on the right)
+    pipe = Pipeline({"segment": stages["segment"], "detect": det, "grade": stages["grade"],
+                     "score": stages["score"]})
+    straight = pipe.assess(rad, sex=r.sex)
+    calls = det.calls
+    assert straight.status == "ok" and calls == 1  # nothing missing: no second look
+    assert "hand_mirrored" not in [f.code for f in straight.flags]
+    a = pipe.assess(flipped, sex=r.sex)
+    assert det.calls == calls + 2  # as read (nothing found), then mirrored
+    assert a.status == "ok" and "hand_mirrored" in [f.code for f in a.flags]
+    # the mirrored radiograph is the one generated: same boxes, stages and bone age
+    assert a.bone_age_years == straight.bone_age_years
+    assert [(x.box, x.stage) for x in a.rois] == [(x.box, x.stage) for x in straight.rois]
+    assert a.crop_box == straight.crop_box
+    # folder scoring hands the report the pixels the boxes refer to
+    item = InputItem(id="flipped", path=r.path)
+    (res, pixels), = assess_decoded(pipe, [(item, flipped, None)], {"flipped": Meta(sex=r.sex, chronological_age=None)})
+    assert res.status == "ok" and np.array_equal(pixels, rad.pixels)
+    # off by policy, and never for a radiograph that DICOM laterality already mirrored
+    ref = {"recipe": "unused"}
+    off = Pipeline({"segment": stages["segment"], "detect": det, "grade": stages["grade"],
+                    "score": stages["score"]},
+                   PipelineRecipe(segment=ref, detect=ref, grade=ref, score=ref,
+                                  reject={"retry_mirrored": False}))
+    assert off.assess(flipped, sex=r.sex).status == "rejected"
+    dicom_r = Radiograph(flipped.pixels, replace(rad.meta, mirrored=True))
+    b = pipe.assess(dicom_r, sex=r.sex)
+    assert b.status == "rejected" and "right_hand_mirrored" in [f.code for f in b.flags]
+    # a hand read the standard way with an ROI missing is not swapped for its mirror image, even
+    # when the detector finds all 13 there (a thumb-on-the-left hand is not the standards' view)
+    seg = stages["segment"].segment([rad.pixels])[0]
+    w = seg.image.shape[1]
+    table = {_key(seg.image): {**stages["table"][_key(seg.image)], "dp1": None},
+             _key(np.ascontiguousarray(seg.image[:, ::-1])): {
+                 k: Box(x0=w - b.x1, y0=b.y0, x1=w - b.x0, y1=b.y1)
+                 for k, b in stages["table"][_key(seg.image)].items()}}
+    mirror_only = Pipeline({"segment": stages["segment"], "detect": OracleDetector(table),
+                            "grade": stages["grade"], "score": stages["score"]})
+    c = mirror_only.assess(rad, sex=r.sex)
+    assert c.status == "rejected" and "dp1" in c.reason
+    assert "hand_mirrored" not in [f.code for f in c.flags]
+
+
+@pytest.mark.parametrize("degrees", [0, 35, -60, 180])
+def test_thumb_on_the_right_tells_the_standard_view_from_its_mirror_image(stages, degrees):
+    import math
+
+    from precise_baa.detect.anatomy import thumb_on_the_right
+
+    boxes = next(iter(stages["truth"].values())).boxes
+    a = math.radians(degrees)
+
+    def moved(b: Box, mirror: bool) -> Box:
+        pts = []
+        for x, y in ((b.x0, b.y0), (b.x1, b.y1)):
+            x = -x if mirror else x
+            pts.append((x * math.cos(a) - y * math.sin(a), x * math.sin(a) + y * math.cos(a)))
+        (x0, y0), (x1, y1) = pts
+        return Box(x0=min(x0, x1), y0=min(y0, y1), x1=max(x0, x1), y1=max(y0, y1))
+
+    assert thumb_on_the_right({k: moved(b, False) for k, b in boxes.items()}) is True
+    assert thumb_on_the_right({k: moved(b, True) for k, b in boxes.items()}) is False
+    assert thumb_on_the_right({"radius": boxes["radius"]}) is None
 
 
 def test_partial_report_without_autorejection_grades_what_was_found(stages):

@@ -133,6 +133,8 @@ def score_items(pipeline: Any, items: Sequence[InputItem], metadata: Mapping[str
 
 def _assess(pipeline: Any, ok: list[tuple[InputItem, Radiograph]],
             metadata: Mapping[str, Meta]) -> list[Result]:
+    from ..pipeline import assessed_pixels
+
     if not ok:
         return []
     sexes = [metadata[it.id].sex if it.id in metadata else None for it, _ in ok]
@@ -141,13 +143,13 @@ def _assess(pipeline: Any, ok: list[tuple[InputItem, Radiograph]],
     rads = [rad for _, rad in ok]
     try:
         out = pipeline.assess_batch(rads, sexes, ages, ids)
-        return [(a, rad.pixels) for a, rad in zip(out, rads, strict=True)]
+        return [(a, assessed_pixels(a, rad.pixels)) for a, rad in zip(out, rads, strict=True)]
     except Exception:  # noqa: BLE001
         if len(ok) == 1:
             it, rad = ok[0]
             try:
                 a = pipeline.assess_batch([rad], sexes, ages, ids)[0]
-                return [(a, rad.pixels)]
+                return [(a, assessed_pixels(a, rad.pixels))]
             except Exception as e:  # noqa: BLE001
                 return [(error_result(it, internal_error(e)), None)]
         return [r for pair in ok for r in _assess(pipeline, [pair], metadata)]

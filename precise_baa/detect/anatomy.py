@@ -173,6 +173,18 @@ def hand_frame(boxes: Mapping[str, Box | None]) -> HandFrame | None:
     return HandFrame(axis=axis, thumb=perp * sign if sign else None)
 
 
+def thumb_on_the_right(boxes: Mapping[str, Box | None]) -> bool | None:
+    """Whether the boxes show the standards' view, a left hand seen palm down (fingers up,
+    thumb on the right, whatever the rotation); ``False`` for its mirror image (thumb on the
+    left: a right hand, or a left hand imaged from the other side); ``None`` when the boxes
+    do not tell."""
+    frame = hand_frame(boxes)
+    if frame is None or frame.thumb is None:
+        return None
+    # image coordinates (y down): fingers up and thumb right give axis x thumb > 0
+    return bool(frame.axis[0] * frame.thumb[1] - frame.axis[1] * frame.thumb[0] > 0)
+
+
 # --------------------------------------------------------------------------------------------
 def _iou(a: Box, b: Box) -> float:
     iw = max(0.0, min(a.x1, b.x1) - max(a.x0, b.x0))
