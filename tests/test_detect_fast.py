@@ -116,3 +116,14 @@ def test_test_proposals_override(detect_tiny):
         with_test_proposals({"model": {"type": "RetinaNet", "test_cfg": {"nms_pre": 1000}}}, 50)
     with pytest.raises(ValueError):
         DetectRecipe(config=str(detect_tiny), proposals=5)  # fewer than the 13 ROIs
+
+
+def test_a_model_built_under_inference_mode_still_predicts(detect_tiny, crops):
+    from precise_baa.detect.fast import tensor_versions
+
+    with torch.inference_mode():  # e.g. a worker that builds its stages inside inference mode
+        model, recipe, cfg = _tiny(detect_tiny, deform=False)
+        det = MmdetDetector(model, cfg, recipe)
+        assert isinstance(tensor_versions(det.model), int)
+        raw = det.predict_raw(crops[:1])[0]
+    assert len(raw.scores) > 0

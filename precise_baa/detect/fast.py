@@ -53,7 +53,9 @@ def inference_copy(model: nn.Module, *, channels_last: bool = False) -> nn.Modul
 def tensor_versions(model: nn.Module) -> int:
     """A number that changes whenever any parameter or buffer of ``model`` is written in place
     (loading weights, an optimiser step): when it changes, an inference copy is stale."""
-    return sum(t._version for t in itertools.chain(model.parameters(), model.buffers()))
+    # inference tensors (made under torch.inference_mode) keep no version counter: skipped
+    return sum(t._version for t in itertools.chain(model.parameters(), model.buffers())
+               if not t.is_inference())
 
 
 # ---------------------------------------------------------------------- weight standardisation
