@@ -476,6 +476,52 @@ def test_physis_follows_a_wavy_line_and_the_young_ulna_is_cupped():
     assert 0 < fused.band_density < young.band_density
 
 
+def test_a_fused_bone_is_one_bone():
+    """At fusion the cap merges into the shaft: no dark gap and no bright line across the
+    physis, and the end flares from the shaft to the epiphysis' widest level; while the physis
+    is open the gap is there (what the grader has to tell apart)."""
+    from precise_baa.synth.maturity import growth_region
+    from precise_baa.synth.render import _draw_bones, sample_pose
+
+    for kind in ("disc", "head", "radius", "ulna"):
+        fused = growth_region(kind, 1.0)
+        widest = np.abs(fused.epiphysis[:, 0]).max()
+        assert np.abs(fused.bridge[:, 0]).max() == pytest.approx(widest)  # flare, no notch
+        assert fused.bridge[:, 1].min() < fused.end[:, 1].min() - 0.1  # from below the end
+
+    labels = sample_labels(np.random.default_rng(0), sex="M", chronological_age=17.0)
+    hand = build_hand(np.random.default_rng(1), 17.0, "M")
+    pose = sample_pose(np.random.default_rng(2), hand, (1024, 1024), "preprocessed")
+    flat = np.zeros((4, 1024, 1024), np.float32)
+
+    def across_physis(key: str, stage: int) -> np.ndarray:
+        """The bone map along the bone's axis from 0.3 w below the physis to 0.3 w beyond."""
+        canvas, _ = _draw_bones(hand, {**labels.stages, key: stage}, pose, (1024, 1024), 0.28,
+                                flat, rim=0.35, rim_px=1.5)
+        bone_map = canvas.cortical + canvas.trabecular
+        bone = next(b for b in hand.bones if b.roi == key)
+        u = np.zeros(61)
+        v = np.linspace(-0.3, 0.3, 61)
+        xy = np.round(pose(bone.local_to_canonical(np.stack([u, v], 1)))).astype(int)
+        return bone_map[xy[:, 1], xy[:, 0]]
+
+    def seam(profile: np.ndarray) -> tuple[float, float]:
+        """Deepest dip and highest peak within 0.12 w of the physis against the profile's
+        running median (share of it)."""
+        from scipy.ndimage import median_filter
+
+        rel = profile / median_filter(profile, size=21, mode="nearest") - 1.0
+        near = rel[18:43]  # v in [-0.12, 0.12]
+        return float(near.min()), float(near.max())
+
+    for key in ("radius", "mc3", "pp3", "mp3", "dp3"):
+        top = num_stages(key) - 1
+        dip, peak = seam(across_physis(key, top))
+        assert dip > -0.1 and peak < 0.1, (key, dip, peak)  # at most a faint scar
+        dip, _ = seam(across_physis(key, top // 2))
+        assert dip < -0.3, (key, dip)  # the open physis: a dark gap
+
+
 def test_mature_carpals_are_angular():
     from dataclasses import replace
 

@@ -75,7 +75,8 @@ class GrowthRegion:
     epiphysis: np.ndarray | None
     #: relative density of the epiphysis (multiplies the bone density)
     density: float
-    #: the physis bridged by bone (u, v; overlapping both sides) and its share of bone density
+    #: the physis bridged by bone (u, v; overlapping both sides, flaring from the shaft to the
+    #: epiphysis' widest level) and its share of bone density
     bridge: np.ndarray | None
     bridge_density: float
     #: extra density of the dense line at the metaphysis end (fades as the physis closes)
@@ -165,11 +166,25 @@ def growth_region(
     fuse = _ramp(p, 0.7, 1.0) ** 1.3
     bridge = None
     if fuse > 0:
-        # the physis bridged: the gap's band following the curve, overlapping both sides
-        lo = end[:, 1] - 0.03
-        hi = end[:, 1] + v_bot + 0.03
-        bridge = np.concatenate([np.stack([end[:, 0], lo], 1), np.stack([end[::-1, 0], hi[::-1]], 1)])
-    return GrowthRegion(outline, density, bridge, 0.9 * fuse, 0.12 * (1.0 - 0.5 * fuse), end, fuse)
+        bridge = _bridge(outline[:n], end)
+    return GrowthRegion(outline, density, bridge, fuse, 0.12 * (1.0 - 0.9 * fuse), end, fuse)
+
+
+#: how far below the physis (units of w) a fused bone's flare starts, and its half width there
+FLARE_DEPTH, FLARE_HALF = 0.18, 0.45
+
+
+def _bridge(bottom: np.ndarray, end: np.ndarray) -> np.ndarray:
+    """Where bone bridges a fusing physis: the convex hull of the epiphysis' physeal side
+    (capping lips included, up to its widest level; a little into it, to overlap) and the
+    metaphysis end, down to where the shaft starts to flare. Filled, it closes the gap and the notches under the lips, so a fused
+    bone flares smoothly from the shaft into its end instead of wearing a separate cap."""
+    from scipy.spatial import ConvexHull
+
+    low = float(end[:, 1].min()) - FLARE_DEPTH
+    pts = np.concatenate([bottom + (0.0, 0.05), np.stack([end[:, 0], end[:, 1] - 0.03], 1),
+                          [[-FLARE_HALF, low], [FLARE_HALF, low]]])
+    return pts[ConvexHull(pts).vertices]
 
 
 def maturity(stage: int, n_stages: int) -> float:

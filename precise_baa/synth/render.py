@@ -50,7 +50,7 @@ _SHIFT = 4  # sub-pixel bits for cv2 drawing
 _ONE = 1 << _SHIFT
 _TEXTS = ("L", "PA", "LEFT", "L PA", "HAND", "L HAND PA", "AP", "STANDING")
 #: changes whenever the same seed renders a different image (datasets record it)
-GENERATOR_VERSION = 3
+GENERATOR_VERSION = 4
 #: phantom styles; "mixed" draws one of them per phantom (50/50) from the phantom's own seed
 STYLES = ("raw", "preprocessed")
 #: width / height of the preprocessed style's portrait frame (1600 x 2080)
@@ -168,7 +168,8 @@ class _BoneCanvas:
     A bone's solid parts (shaft, epiphysis, bridge) are united (maximum), so where they touch
     or overlap nothing is counted twice; its modifiers (the dense metaphyseal line) are added
     inside it. Every part has a thin bright cortical rim along its own outline (``rim_px``
-    wide); a fused physis fades the rims across it to a faint scar. Bones then add up, as
+    wide); a fusing physis fades the rims across it to a faint scar while the whole bone's one
+    outline takes their place. Bones then add up, as
     overlapping bones do in a radiograph. The trabecular part is also kept times a texture
     streaked along the bone (``texture``).
     """
@@ -183,16 +184,20 @@ class _BoneCanvas:
 
     def add(self, solids: list[tuple[np.ndarray, float, float, float, float, float]],
             modifiers: list[tuple[np.ndarray, float]] = (), *, shaft: tuple | None = None,
-            axis: np.ndarray | None = None, fade: tuple[np.ndarray, float] | None = None) -> None:
+            axis: np.ndarray | None = None,
+            bridge: tuple[np.ndarray, float, float, float, float, float] | None = None) -> None:
         """``solids``: (outline px, density, tube radius px, cortex fraction, trabecular
         density, rim density), depth taken from the distance to the outline; ``shaft``:
         (outline px, density, bone, pose, trabecular density, rim density), depth from the
-        bone's own profile; ``modifiers``: (outline px, added density); ``fade``: (outline px,
-        share) where the rims are dimmed by ``share`` (a fused physis); ``axis``: the bone's
-        direction in the image (None: no preferred direction)."""
+        bone's own profile; ``modifiers``: (outline px, added density); ``bridge``: bone
+        bridging a fusing physis, (outline px, density, tube radius px, cortex fraction,
+        trabecular density, share): its depth is taken from the whole bone's outline (no seam
+        where it joins the parts), the parts' walls and rims under it fade by ``share`` and the
+        whole bone's outline gets a rim at ``share``; ``axis``: the bone's direction in the
+        image (None: no preferred direction)."""
         h, w = self.shape
         outlines = [s[0] for s in solids] + ([shaft[0]] if shaft is not None else [])
-        pts_all = np.concatenate(outlines)
+        pts_all = np.concatenate(outlines + ([bridge[0]] if bridge is not None else []))
         x0, y0 = np.floor(pts_all.min(0)).astype(int) - 1
         x1, y1 = np.ceil(pts_all.max(0)).astype(int) + 2
         x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
@@ -202,20 +207,23 @@ class _BoneCanvas:
         trab = np.zeros_like(cort)
         rims = np.zeros_like(cort)
         tmp = np.zeros(cort.shape, np.uint8)
+        union = np.zeros(cort.shape, np.uint8)  # the whole bone
 
         def cover(pts: np.ndarray) -> np.ndarray:
             tmp[:] = 0
             cv2.fillPoly(tmp, [np.round((pts - (x0, y0)) * _ONE).astype(np.int32)], 255,
                          cv2.LINE_AA, _SHIFT)
+            np.maximum(union, tmp, out=union)
             return tmp
 
-        def depth() -> np.ndarray:
-            """Distance (px) inside the outline just covered, sub-pixel at the edge."""
-            inside = (tmp >= 128).astype(np.uint8)
+        def depth(cov: np.ndarray = tmp) -> np.ndarray:
+            """Distance (px) inside the outline covered (``cov``, default the one just
+            covered), sub-pixel at the edge."""
+            inside = (cov >= 128).astype(np.uint8)
             if not inside.any():
-                return tmp.astype(np.float32) / 510.0
+                return cov.astype(np.float32) / 510.0
             d = cv2.distanceTransform(inside, cv2.DIST_L2, 3)
-            return np.where(inside > 0, d - 0.5, 0.0) + tmp.astype(np.float32) / 510.0
+            return np.where(inside > 0, d - 0.5, 0.0) + cov.astype(np.float32) / 510.0
 
         if shaft is not None:
             pts, density, bone, pose, trab_density, rim = shaft
@@ -226,16 +234,34 @@ class _BoneCanvas:
             if rim > 0:
                 rims[:] = density * rim * _rim(depth(), self.rim_px) * cov
         streaked = trab.copy() if shaft is not None else None  # the shaft's share
+        walls: np.ndarray | float = 1.0
+        if bridge is not None:  # under the bridge the parts' walls and rims fade: one bone
+            for pts in solids:
+                cover(pts[0])
+            bridged = cover(bridge[0]).astype(np.float32) / 255.0
+            walls = 1.0 - bridge[5] * bridged
+            whole = depth(union.copy())
         for pts, density, radius, cortex, trab_density, rim in solids:
             cover(pts)
             d = depth()
-            c, t = _tube(d, radius, cortex, trab_density)
-            np.maximum(cort, density * c, out=cort)
+            if bridge is not None:  # as deep as the whole bone (by ``share``)
+                c, t = _tube(np.maximum(d, bridge[5] * whole), radius, cortex, trab_density)
+                c = np.minimum(c, _tube(d, radius, cortex, trab_density)[0])
+            else:
+                c, t = _tube(d, radius, cortex, trab_density)
+            np.maximum(cort, density * c * walls, out=cort)
             np.maximum(trab, density * t, out=trab)
             if rim > 0:
                 np.maximum(rims, density * rim * _rim(d, self.rim_px) * (tmp / 255.0), out=rims)
-        if fade is not None:
-            rims *= 1.0 - fade[1] * cover(fade[0]).astype(np.float32) / 255.0
+        if bridge is not None:
+            _, density, radius, cortex, trab_density, share = bridge
+            c, t = _tube(whole, radius, cortex, trab_density)
+            np.maximum(cort, density * c * bridged, out=cort)
+            np.maximum(trab, density * t * bridged, out=trab)
+            rims *= walls
+            if shaft is not None and shaft[5] > 0:  # the whole bone's one outline
+                outline = _rim(whole, self.rim_px) * (union / 255.0)
+                np.maximum(rims, (share * shaft[1] * shaft[5]) * outline, out=rims)
         cort += rims
         for pts, value in modifiers:
             cort += cover(pts).astype(np.float32) * (value / 255.0)
@@ -405,15 +431,14 @@ def _draw_bones(hand: Hand, stages: Mapping[str, int], pose: Pose, shape: tuple[
             solids.append((pts, d * region.density, r_epi * pose.scale, 0.08, 1.15 * trab,
                            rim * (0.45 + 0.55 * min(1.0, p / 0.5))))
             box = _box(pts)
-        fade = None
+        bridge = None
         if region.bridge is not None:
-            bridge = pose(bone.local_to_canonical(region.bridge))
-            solids.append((bridge, d * region.bridge_density, r_shaft, 0.08, 1.1 * trab, 0.0))
-            fade = (bridge, 0.8 * region.fuse)
+            bridge = (pose(bone.local_to_canonical(region.bridge)), d * region.bridge_density,
+                      r_shaft, 0.08, 1.15 * trab, 0.95 * region.fuse)
         axis = pose(bone.axis_out[None])[0] - pose(np.zeros((1, 2)))[0]
         canvas.add(solids, [(pose(bone.metaphysis_band(region.end)), region.band_density * d)],
                    shaft=(pose(bone.shaft_outline(end=region.end)), d, bone, pose, trab, rim),
-                   axis=axis, fade=fade)
+                   axis=axis, bridge=bridge)
         if bone.roi is not None:
             epiphyses[bone.roi] = box
     for carpal in hand.carpals:
