@@ -48,9 +48,8 @@ def test_golden_examples(pipeline):
     """The bundled weights on the examples: every example scored with all 13 ROIs, the stages
     and bone ages pinned in tests/golden/examples.json (any change in what the bundled pipeline
     reads shows here; rewrite it with PRECISE_BAA_UPDATE_GOLDEN=1 after retraining), and the ages
-    near the phantoms' own. The examples span 4-16 y; the bundled grader over-calls late stages
-    at 12-15 y (weights/evaluation/evaluation.md: MAE 1.18 y there, 0.48 y over all 150
-    held-out phantoms), which the 14-year-old example shows."""
+    near the phantoms' own (the examples span 4-16 y; weights/evaluation/evaluation.md: MAE
+    0.34 y over 150 held-out phantoms, 0.61 y at 12-15 y, the hardest band)."""
     import os
 
     ex = load_coco(REPO_ROOT / "examples/annotations.json", images_dir=REPO_ROOT / "examples")
@@ -72,7 +71,7 @@ def test_golden_examples(pipeline):
     for k, v in got.items():
         assert v["bone_age"] == pytest.approx(golden[k]["bone_age"], abs=0.02), k
     assert sorted(errors)[len(errors) // 2] < 0.6, errors  # median
-    assert sum(errors) / len(errors) < 1.2, errors
+    assert sum(errors) / len(errors) < 0.8 and max(errors) < 1.5, errors
 
 
 def test_demo_command(tmp_path, cli):
