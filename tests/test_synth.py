@@ -522,6 +522,24 @@ def test_a_fused_bone_is_one_bone():
         assert dip < -0.3, (key, dip)  # the open physis: a dark gap
 
 
+def test_the_joint_side_gains_a_subchondral_plate():
+    """A maturing epiphysis' joint side gets a dense plate, inside the epiphysis, that
+    thickens and brightens with maturity (a bright line at a bone's end is not youth)."""
+    from precise_baa.synth.maturity import growth_region
+
+    for kind in ("disc", "head", "radius", "ulna"):
+        assert growth_region(kind, 0.1).plate is None
+        previous = 0.0
+        for p in (0.4, 0.7, 1.0):
+            region = growth_region(kind, p)
+            outline = (region.epiphysis * 1000).astype(np.float32)
+            inside = [cv2.pointPolygonTest(outline, (float(x), float(y)), True) >= -1.0
+                      for x, y in region.plate * 1000]
+            assert all(inside), (kind, p)
+            assert region.plate_density > previous
+            previous = region.plate_density
+
+
 def test_mature_carpals_are_angular():
     from dataclasses import replace
 

@@ -8,7 +8,9 @@ function of ``p``, so neighbouring stages differ a little and distant ones a lot
   (width ratio about 0.2 -> 1.0), thickens and brightens;
 * ``p`` around 0.55-0.85: capping, the epiphysis' edges wrap the metaphysis;
 * ``p`` above about 0.5: the physis (the dark gap) narrows, then bone bridges it and the
-  line fades until the bone is fused at ``p = 1`` (a faint scar stays).
+  line fades until the bone is fused at ``p = 1`` (a faint scar stays): the end flares from
+  the shaft into the epiphysis as one bone;
+* from ``p`` about 0.2 on, the joint side gains a subchondral plate that thickens and brightens.
 
 The physis is not a straight cut: the metaphysis ends in a gently bent, wavy line (per-bone
 nuisance), the epiphysis' physeal side follows it at the gap's distance, and a young distal
@@ -85,6 +87,11 @@ class GrowthRegion:
     end: np.ndarray | None = None
     #: how far the physis has fused (0 open .. 1 fused): rims across it fade to a scar
     fuse: float = 0.0
+    #: the subchondral plate under the joint surface (u, v; a band inside the epiphysis' joint
+    #: side) and its extra density: it thickens and brightens as the epiphysis matures, so a
+    #: bright line at a bone's end is no sign of youth (the metaphysis' dense line is one)
+    plate: np.ndarray | None = None
+    plate_density: float = 0.0
 
 
 def _ramp(x: float, lo: float, hi: float) -> float:
@@ -167,7 +174,15 @@ def growth_region(
     bridge = None
     if fuse > 0:
         bridge = _bridge(outline[:n], end)
-    return GrowthRegion(outline, density, bridge, fuse, 0.12 * (1.0 - 0.9 * fuse), end, fuse)
+    grown = _ramp(p, 0.2, 0.9)
+    plate = None
+    if grown > 0:
+        mid = np.abs(r) <= 0.92
+        joint = np.stack([u[mid], top[mid]], 1)
+        depth = min(0.02 + 0.03 * grown, 0.35 * float(np.min(top[mid] - bottom[mid])))
+        plate = np.concatenate([joint, (joint - (0.0, depth))[::-1]])
+    return GrowthRegion(outline, density, bridge, fuse, 0.12 * (1.0 - 0.9 * fuse), end, fuse,
+                        plate, 0.25 * grown)
 
 
 #: how far below the physis (units of w) a fused bone's flare starts, and its half width there

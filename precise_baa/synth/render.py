@@ -50,7 +50,7 @@ _SHIFT = 4  # sub-pixel bits for cv2 drawing
 _ONE = 1 << _SHIFT
 _TEXTS = ("L", "PA", "LEFT", "L PA", "HAND", "L HAND PA", "AP", "STANDING")
 #: changes whenever the same seed renders a different image (datasets record it)
-GENERATOR_VERSION = 4
+GENERATOR_VERSION = 5
 #: phantom styles; "mixed" draws one of them per phantom (50/50) from the phantom's own seed
 STYLES = ("raw", "preprocessed")
 #: width / height of the preprocessed style's portrait frame (1600 x 2080)
@@ -436,7 +436,10 @@ def _draw_bones(hand: Hand, stages: Mapping[str, int], pose: Pose, shape: tuple[
             bridge = (pose(bone.local_to_canonical(region.bridge)), d * region.bridge_density,
                       r_shaft, 0.08, 1.15 * trab, 0.95 * region.fuse)
         axis = pose(bone.axis_out[None])[0] - pose(np.zeros((1, 2)))[0]
-        canvas.add(solids, [(pose(bone.metaphysis_band(region.end)), region.band_density * d)],
+        modifiers = [(pose(bone.metaphysis_band(region.end)), region.band_density * d)]
+        if region.plate is not None:
+            modifiers.append((pose(bone.local_to_canonical(region.plate)), region.plate_density * d))
+        canvas.add(solids, modifiers,
                    shaft=(pose(bone.shaft_outline(end=region.end)), d, bone, pose, trab, rim),
                    axis=axis, bridge=bridge)
         if bone.roi is not None:
