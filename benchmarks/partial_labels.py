@@ -9,7 +9,8 @@ them validation) for the same epochs with
   - mixed: stages kept on ``--stage-share`` of the images, removed elsewhere (``mixed``);
   - stages-only baseline: the same stage-labelled share alone (what mixed adds to);
   - ablations of the bone-age loss (``--ablations``): without the hand prior, without the
-    concentration term, with the l2 form of the hand prior instead of the soft one.
+    concentration term, with the l2 form of the hand prior instead of the soft one; mixed with
+    a weaker hand prior (0.3) and none.
 Each is evaluated on ``--test`` held-out phantoms with ground-truth boxes
 (:func:`precise_baa.grade.evaluate.evaluate_grader`): per-ROI stage accuracy (exact, within one)
 and the bone-age MAE of the predicted stages (a phantom's bone age is its true stages' score).
@@ -92,6 +93,10 @@ def run_grade(args, work: Path) -> dict:
                                                                "hand_prior_weight": 2.0})):
             runs.append((name, ba_only, "bone-age",
                          {**base, "training": {**base.get("training", {}), **change}}))
+        for weight in (0.3, 0.0):  # mixed: the stage labels anchor the bones, not the prior
+            runs.append((f"mixed, hand prior weight {weight}", mixed, "mixed",
+                         {**base, "training": {**base.get("training", {}),
+                                               "hand_prior_weight": weight}}))
     rows = []
     for i, (name, manifest, supervision, recipe) in enumerate(runs):
         if args.only and i not in args.only:
