@@ -192,8 +192,9 @@ FLARE_DEPTH, FLARE_HALF = 0.18, 0.45
 def _bridge(bottom: np.ndarray, end: np.ndarray) -> np.ndarray:
     """Where bone bridges a fusing physis: the convex hull of the epiphysis' physeal side
     (capping lips included, up to its widest level; a little into it, to overlap) and the
-    metaphysis end, down to where the shaft starts to flare. Filled, it closes the gap and the notches under the lips, so a fused
-    bone flares smoothly from the shaft into its end instead of wearing a separate cap."""
+    metaphysis end, down to where the shaft starts to flare. Filled, it closes the gap and the
+    notches under the lips, so a fused bone flares smoothly from the shaft into its end instead
+    of wearing a separate cap."""
     from scipy.spatial import ConvexHull
 
     low = float(end[:, 1].min()) - FLARE_DEPTH

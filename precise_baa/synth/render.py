@@ -169,9 +169,8 @@ class _BoneCanvas:
     or overlap nothing is counted twice; its modifiers (the dense metaphyseal line) are added
     inside it. Every part has a thin bright cortical rim along its own outline (``rim_px``
     wide); a fusing physis fades the rims across it to a faint scar while the whole bone's one
-    outline takes their place. Bones then add up, as
-    overlapping bones do in a radiograph. The trabecular part is also kept times a texture
-    streaked along the bone (``texture``).
+    outline takes their place. Bones then add up, as overlapping bones do in a radiograph. The
+    trabecular part is also kept times a texture streaked along the bone (``texture``).
     """
 
     def __init__(self, shape: tuple[int, int], textures: np.ndarray, rim_px: float = 1.0):
