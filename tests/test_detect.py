@@ -184,6 +184,90 @@ def test_still_rejected_when_no_candidate_is_plausible(hands):
     assert one.missing == ["pp5"]
 
 
+def test_a_missing_roi_takes_a_low_scoring_box_only_where_it_fits_the_hand(hands):
+    truth = hands[6]
+    cands = _candidates(truth)
+    # the detector barely saw dp1: its right box scores 0.02, under a box on the wrong bone
+    cands["dp1"] = [(truth["pp3"].shift(0.5, 0.5), 0.04), (truth["dp1"], 0.02)]
+    plain = detections_from_raw(*_raw(cands), score_threshold=0.05)
+    assert plain.missing == ["dp1"]
+    det = detections_from_raw(*_raw(cands), score_threshold=0.05, rescue_threshold=0.01)
+    assert det.boxes == truth and det.missing == []
+    assert det.scores["dp1"] == pytest.approx(0.02)
+    assert [(f.code, f.roi) for f in det.flags] == [("roi_low_score", "dp1")]
+    assert "score 0.02" in det.flags[0].message
+    # under the floor: still missing
+    low = detections_from_raw(*_raw(cands), score_threshold=0.05, rescue_threshold=0.03)
+    assert low.missing == ["dp1"]
+
+
+def test_no_rescue_far_from_the_ray_for_a_broken_hand_or_a_mirrored_one(hands):
+    truth = hands[7]
+    # a box in the right order but far beyond the thumb's tip is no distal phalanx I
+    axis = np.subtract(truth["dp1"].center, truth["pp1"].center)
+    far = truth["dp1"].shift(*(2.5 * axis))
+    cands = _candidates(truth)
+    cands["dp1"] = [(far, 0.03)]
+    assert detections_from_raw(*_raw(cands), score_threshold=0.05,
+                               rescue_threshold=0.01).missing == ["dp1"]
+    # three ROIs missing (more than rescue_max 2): not a hand that is otherwise found
+    cands = _candidates(truth)
+    for k in ("dp1", "dp3", "dp5"):
+        cands[k] = [(truth[k], 0.03)]
+    det = detections_from_raw(*_raw(cands), score_threshold=0.05, rescue_threshold=0.01)
+    assert sorted(det.missing) == ["dp1", "dp3", "dp5"]
+    ok = detections_from_raw(*_raw(cands), score_threshold=0.05, rescue_threshold=0.01,
+                             rescue_max=3)
+    assert ok.missing == []
+    # a mirrored hand (thumb on the left) is left to the pipeline's mirrored retry
+    mirrored = _rotate(truth, 0.0, mirror=True)
+    cands = _candidates(mirrored)
+    cands["dp1"] = [(mirrored["dp1"], 0.03)]
+    assert detections_from_raw(*_raw(cands), score_threshold=0.05,
+                               rescue_threshold=0.01).missing == ["dp1"]
+    # anatomy checks off: nothing to judge a low-scoring box by, so no rescue
+    cands = _candidates(truth)
+    cands["dp1"] = [(truth["dp1"], 0.03)]
+    assert detections_from_raw(*_raw(cands), score_threshold=0.05, rescue_threshold=0.01,
+                               params=AnatomyParams(enabled=False)).missing == ["dp1"]
+
+
+def test_every_phantom_roi_sits_where_the_shipped_geometry_says_and_a_moved_box_does_not():
+    from precise_baa.detect.geometry import ANCHORS, fit, fits, shipped
+    from precise_baa.synth.render import GENERATOR_VERSION
+
+    assert json.loads(Path("precise_baa/detect/geometry.json").read_text())["generator"] == \
+        GENERATOR_VERSION, "phantoms changed: remake it (python -m precise_baa.synth.roi_geometry)"
+    hands = [render_phantom(seed, 256).boxes for seed in range(500, 530)]  # not the fit's seeds
+    fresh = fit(hands)
+    p = AnatomyParams()
+    floors, n_sd = (p.rescue_along, p.rescue_across, p.rescue_size), p.rescue_sd
+    assert set(ANCHORS) == set(ROI_KEYS) - {"radius", "ulna"}
+    for k in ANCHORS:
+        assert np.allclose(fresh[k]["mean"], shipped()[k]["mean"], atol=0.05), k
+        for h in hands:
+            assert fits(h, k, h[k], floors, n_sd), k
+            a, b = (np.asarray(h[x].center) for x in ANCHORS[k])
+            tol = max(floors[0], n_sd * shipped()[k]["sd"][0])
+            assert not fits(h, k, h[k].shift(*(2.2 * tol * (b - a))), floors, n_sd), k
+            (cx, cy), w, ht = h[k].center, 0.8 * h[k].width, 0.8 * h[k].height
+            big = Box(x0=cx - w, y0=cy - ht, x1=cx + w, y1=cy + ht)  # sides x1.6, same centre
+            assert not fits(h, k, big, floors, n_sd), k
+        assert not fits({**hands[0], ANCHORS[k][0]: None}, k, hands[0][k], floors, n_sd)
+    assert not fits(hands[0], "radius", hands[0]["radius"], floors, n_sd)  # never rescued
+
+
+def test_the_rescue_floor_lowers_the_detectors_score_threshold():
+    from precise_baa.detect.config import load_config
+
+    lite = "stages/detect/detectors-cascade-rcnn-lite.py"
+    r = read_recipe("detect", lite)
+    assert r.rescue_threshold == pytest.approx(0.01)
+    assert load_config(r).model.test_cfg.rcnn.score_thr == pytest.approx(0.01)
+    off = r.model_copy(update={"rescue_threshold": None})
+    assert load_config(off).model.test_cfg.rcnn.score_thr == pytest.approx(0.05)
+
+
 def _raw(cands: dict[str, list[tuple[Box, float]]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Candidates as a detector's raw output (boxes, scores, labels)."""
     rows = [(b.as_list(), s, ROI_KEYS.index(k)) for k, c in cands.items() for b, s in c]

@@ -9,7 +9,11 @@ Three steps, all independent of the detector that produced the boxes:
    swapped pair) and keeps the repair that leaves the fewest implausible ROIs (anatomical order
    along the rays and across them, relative size, no overlap), the best-scoring among equals.
    Each replacement is reported with a ``roi_alternative`` flag.
-3. :func:`check_anatomy` drops boxes whose place in the hand is still impossible and says why.
+3. :func:`rescue_missing` (optional): a ROI with no box above the threshold takes its best
+   lower-scoring box (down to a floor) when that box fits the hand found so far, sits where its
+   ROI sits relative to two bones of its ray (:mod:`precise_baa.detect.geometry`) and the hand
+   shows the standards' view; flagged ``roi_low_score``.
+4. :func:`check_anatomy` drops boxes whose place in the hand is still impossible and says why.
 
 The checks work in hand coordinates, not image coordinates: the wrist -> fingertip axis is
 estimated from the boxes themselves (median direction of bone pairs known to lie along the
@@ -30,7 +34,7 @@ A violated constraint links two ROIs; the ROIs flagged form the smallest set tha
 all violations (a minimum vertex cover). When several smallest sets tie, all their members are
 flagged: with a swapped pair nothing tells which label is right, so neither is trusted. Each dropped
 ROI gets a ``roi_implausible`` flag naming the violated constraints; a ROI without a box gets
-``roi_missing``. Nothing is ever guessed.
+``roi_missing``. Nothing is ever guessed: a box is either the detector's or absent.
 
 >>> boxes, scores = select_best(bboxes, scores, labels, score_threshold=0.3)  # doctest: +SKIP
 >>> checked, flags = check_anatomy(boxes, scores)                                # doctest: +SKIP
@@ -49,6 +53,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..interfaces import Detections
 from ..rois import ROI_BY_KEY, ROI_KEYS
 from ..schemas import Box, Flag
+from .geometry import fits
 
 FOREARM = ("radius", "ulna")
 #: ROI keys of each ray (digit), wrist -> fingertip
@@ -72,6 +77,16 @@ class AnatomyParams(BaseModel):
         0.25, ge=0.0, description="allowed reversal of an order, fraction of the median box side")
     max_overlap: float = Field(0.5, gt=0.0, le=1.0, description="IoU above which two ROIs collide")
     min_boxes: int = Field(4, ge=2, description="fewer boxes than this: no relative checks")
+    rescue_along: float = Field(
+        0.15, gt=0.0, description="least tolerance of a rescued box's centre along the line of "
+                                  "its ROI's two anchor ROIs, in units of their distance "
+                                  "(precise_baa.detect.geometry)")
+    rescue_across: float = Field(0.2, gt=0.0, description="the same across that line")
+    rescue_size: float = Field(
+        0.3, gt=0.0, description="least tolerance of the log of a rescued box's side relative "
+                                 "to its anchors' sides")
+    rescue_sd: float = Field(4.0, gt=0.0, description="tolerances grow to this many of the "
+                                                       "phantom hands' standard deviations")
 
 
 DEFAULT_PARAMS = AnatomyParams()
@@ -349,6 +364,48 @@ def choose_boxes(
     return boxes, scores, flags
 
 
+def rescue_missing(
+    boxes: Mapping[str, Box | None],
+    scores: Mapping[str, float | None],
+    low: Mapping[str, Sequence[tuple[Box, float]]],
+    params: AnatomyParams = DEFAULT_PARAMS,
+    *,
+    max_missing: int = 2,
+) -> tuple[dict[str, Box | None], dict[str, float | None], list[Flag]]:
+    """Fill ROIs without a box from ``low``, their candidates below the score threshold.
+
+    Only for a hand that is otherwise found (at most ``max_missing`` ROIs without a box, the
+    rest anatomically plausible) and shows the standards' view (:func:`thumb_on_the_right`; a
+    mirrored hand is left for the pipeline's mirrored retry). A ROI takes its best candidate
+    that (a) raises no implausibility among the boxes (order along and across the rays, size,
+    overlap) and (b) sits where its ROI sits relative to two anchor ROIs of its ray, within
+    ``params.rescue_sd`` standard deviations of the phantom hands' mean or, where larger,
+    ``rescue_along`` / ``rescue_across`` / ``rescue_size`` (:mod:`precise_baa.detect.geometry`;
+    no rescue without both anchors, none for the radius and ulna). Each filled ROI gets a
+    ``roi_low_score`` flag with the box's score; a ROI with no such candidate stays missing.
+    """
+    floors = (params.rescue_along, params.rescue_across, params.rescue_size)
+    out: dict[str, Box | None] = {k: boxes.get(k) for k in ROI_KEYS}
+    sc: dict[str, float | None] = {k: scores.get(k) for k in ROI_KEYS}
+    missing = [k for k in ROI_KEYS if out[k] is None]
+    if not params.enabled or not missing or len(missing) > max_missing:
+        return out, sc, []
+    if _reasons(out, params) or thumb_on_the_right(out) is not True:
+        return out, sc, []
+    flags: list[Flag] = []
+    for k in missing:
+        for box, s in low.get(k, ()):
+            if fits(out, k, box, floors, params.rescue_sd) \
+                    and not _reasons({**out, k: box}, params):
+                out[k], sc[k] = box, s
+                flags.append(Flag(code="roi_low_score", stage="detect", roi=k,
+                                  message=f"{ROI_BY_KEY[k].name}: no box scored above the "
+                                          f"threshold; a lower-scoring box (score {s:.2f}) that "
+                                          f"fits the hand is used; review this ROI"))
+                break
+    return out, sc, flags
+
+
 def _summary(reasons: Sequence[str], most: int = 3) -> str:
     unique = list(dict.fromkeys(reasons))
     more = f" (+{len(unique) - most} more)" if len(unique) > most else ""
@@ -407,9 +464,20 @@ def finalize(
 
 def detections_from_raw(bboxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, *,
                         score_threshold: float, params: AnatomyParams = DEFAULT_PARAMS,
-                        max_candidates: int = 5) -> Detections:
-    """All of the above for one image's raw detector output: candidates, choice, checks."""
+                        max_candidates: int = 5, rescue_threshold: float | None = None,
+                        rescue_max: int = 2) -> Detections:
+    """All of the above for one image's raw detector output: candidates, choice, rescue of
+    missing ROIs from boxes scoring ``rescue_threshold`` to ``score_threshold`` (None: no
+    rescue), checks."""
     cands = rank_candidates(bboxes, scores, labels, score_threshold=score_threshold,
                             max_per_class=max_candidates)
     boxes, best, notes = choose_boxes(cands, params)
+    if rescue_threshold is not None and rescue_threshold < score_threshold:
+        keep = np.asarray(scores).reshape(-1) < score_threshold
+        low = rank_candidates(np.asarray(bboxes).reshape(-1, 4)[keep],
+                              np.asarray(scores).reshape(-1)[keep],
+                              np.asarray(labels).reshape(-1)[keep],
+                              score_threshold=rescue_threshold, max_per_class=max_candidates)
+        boxes, best, rescued = rescue_missing(boxes, best, low, params, max_missing=rescue_max)
+        notes = [*notes, *rescued]
     return finalize(boxes, best, params, notes)

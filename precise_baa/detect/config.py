@@ -104,7 +104,20 @@ def load_config(recipe: DetectRecipe) -> Config:
         data = with_input_size(data, recipe.input_size)
     if recipe.proposals is not None:
         data = with_test_proposals(data, recipe.proposals)
+    if recipe.rescue_threshold is not None:
+        data = with_test_score_floor(data, min(recipe.rescue_threshold, recipe.score_threshold))
     return Config(data)
+
+
+def with_test_score_floor(cfg: Mapping[str, Any], floor: float) -> dict[str, Any]:
+    """``cfg`` whose detector keeps boxes scoring at least ``floor`` at test time
+    (``test_cfg.rcnn.score_thr`` lowered to it, never raised); unchanged for a config without
+    one."""
+    cfg = _plain(cfg)
+    rcnn = (cfg["model"].get("test_cfg") or {}).get("rcnn")
+    if isinstance(rcnn, dict) and float(rcnn.get("score_thr", 0.0)) > floor:
+        rcnn["score_thr"] = float(floor)
+    return cfg
 
 
 def with_test_proposals(cfg: Mapping[str, Any], n: int) -> dict[str, Any]:

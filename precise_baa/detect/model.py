@@ -157,7 +157,8 @@ class MmdetDetector:
         r = self.recipe
         return [detections_from_raw(raw.bboxes, raw.scores, raw.labels,
                                     score_threshold=r.score_threshold, params=r.anatomy,
-                                    max_candidates=r.candidates)
+                                    max_candidates=r.candidates,
+                                    rescue_threshold=r.rescue_threshold, rescue_max=r.rescue_max)
                 for raw in self.predict_raw(images)]
 
 

@@ -53,6 +53,13 @@ class DetectRecipe(Recipe):
     #: boxes per ROI class tried, best first, when the top one is anatomically implausible
     #: (1: the top box only)
     candidates: int = Field(5, ge=1, le=50)
+    #: a ROI with no box scoring ``score_threshold`` may take a box scoring at least this when
+    #: the rest of the hand is found and the box fits it (precise_baa.detect.anatomy
+    #: ``rescue_missing``; flagged ``roi_low_score`` for review). The detector's own test-time
+    #: score floor (``test_cfg.rcnn.score_thr``) is lowered to it. None: no rescue
+    rescue_threshold: float | None = Field(0.01, ge=0.0, le=1.0)
+    #: rescue only when at most this many ROIs have no box
+    rescue_max: int = Field(2, ge=1, le=13)
     #: images per forward pass at inference
     max_batch: int = Field(4, ge=1)
     anatomy: AnatomyParams = AnatomyParams()
