@@ -28,7 +28,7 @@ from precise_baa.paths import REPO_ROOT, weights_dir
 from precise_baa.pipeline import Pipeline
 from precise_baa.registry import load_stage
 from precise_baa.rois import ROI_KEYS
-from precise_baa.schemas import ModelInfo
+from precise_baa.schemas import Flag, ModelInfo
 from precise_baa.synth import generate_dataset
 
 RECIPES = Path(__file__).parent / "recipes"
@@ -132,15 +132,17 @@ class OracleDetector:
 
     info = ModelInfo(stage="detect", implementation="oracle", name="ground-truth boxes")
 
-    def __init__(self, table: dict[str, dict]):
-        self.table = table
+    def __init__(self, table: dict[str, dict], flags: dict[str, list[Flag]] | None = None):
+        self.table, self.flags = table, flags or {}
 
     def detect(self, images):
         out = []
         for im in images:
             # an unknown crop (the pipeline's mirrored second look) finds nothing
-            boxes = dict(self.table.get(hashlib.sha1(np.ascontiguousarray(im).tobytes()).hexdigest(), {}))
-            out.append(Detections(boxes=boxes, scores={k: 1.0 for k in ROI_KEYS if boxes.get(k)}))
+            key = hashlib.sha1(np.ascontiguousarray(im).tobytes()).hexdigest()
+            boxes = dict(self.table.get(key, {}))
+            out.append(Detections(boxes=boxes, scores={k: 1.0 for k in ROI_KEYS if boxes.get(k)},
+                                  flags=list(self.flags.get(key, []))))
         return out
 
 
@@ -154,14 +156,18 @@ def phantoms(tmp_path_factory):
 @pytest.fixture(scope="module")
 def pipe(phantoms):
     seg = load_stage("segment", "stages/segment/threshold.yaml")
-    table = {}
+    table, flags = {}, {}
     for r in load_coco(phantoms / "annotations.json").records:
         res = seg.segment([read_radiograph(r.path).pixels])[0]
         boxes = {k: b.shift(-res.crop_box.x0, -res.crop_box.y0) for k, b in r.boxes.items()}
+        key = hashlib.sha1(np.ascontiguousarray(res.image).tobytes()).hexdigest()
         if r.name == "phantom_00002":
             boxes["mc3"] = None
-        table[hashlib.sha1(np.ascontiguousarray(res.image).tobytes()).hexdigest()] = boxes
-    return Pipeline({"segment": seg, "detect": OracleDetector(table),
+        if r.name == "phantom_00001":  # as if the detector had rescued its dp1
+            flags[key] = [Flag(code="roi_low_score", stage="detect", roi="dp1",
+                               message="Distal phalanx I: a lower-scoring box is used")]
+        table[key] = boxes
+    return Pipeline({"segment": seg, "detect": OracleDetector(table, flags),
                      "grade": load_stage("grade", RECIPES / "grade-densenet-tiny.yaml", device="cpu"),
                      "score": load_stage("score", "stages/score/rus-chn.yaml")})
 
@@ -185,6 +191,7 @@ def test_evaluate_ages_end_to_end(pipe, phantoms, tmp_path):
     c = res["counts"]
     assert (c["images"], c["evaluated"], c["scored"], c["rejected"], c["errors"]) == (5, 3, 2, 1, 0)
     assert res["rejection_reasons"] == {"ROI not found or implausible: mc3": 1}
+    assert res["scored_after_repair"] == {"dp1 from a low-score box": 1}
     assert res["unlabelled_images"] == ["phantom_00003", "phantom_00004"]
     assert len(res["label_problems"]) == 2
     assert res["label_problems"][0].startswith("labels.csv:5: bone_age_months 'eleven'")
@@ -210,6 +217,7 @@ def test_evaluate_ages_end_to_end(pipe, phantoms, tmp_path):
     md = (out / "evaluation.md").read_text()
     assert "After removing the mean bias" in md and "Greulich-Pyle" in md
     assert "ROI not found or implausible: mc3 (1)" in md and "labels.csv:6" in md
+    assert "scored after a detector repair (check these overlays): dp1 from a low-score box (1)" in md
     assert "Phantom-trained" not in md  # these stages were not trained on phantoms
     with pytest.raises(InputError, match="--resume"):
         evaluate_ages(pipe, phantoms / "images", labels, out, progress=False)

@@ -195,6 +195,7 @@ def evaluate_ages(
     """
     from ..evaluation import age_metrics, age_plots
     from ..paths import display_path
+    from ..pipeline import MIRRORED_BY_DETECTION
     from ..report import ASSESSMENTS, read_assessments
     from .discovery import discover
     from .loop import score_folder
@@ -241,6 +242,15 @@ def evaluate_ages(
             "status": status, "reason": (a.reason if a is not None else "not scored") or "",
         })
     ok = [r for r in rows if r["status"] == "ok"]
+    # what a reader should check on the contact sheet: results that needed the detector's
+    # mirrored retry or a ROI from a low-score box
+    repairs: Counter[str] = Counter()
+    for r in ok:
+        for f in done[r["id"]].flags:
+            if f.code == MIRRORED_BY_DETECTION:
+                repairs["assessed mirrored"] += 1
+            elif f.code == "roi_low_score":
+                repairs[f"{f.roi} from a low-score box"] += 1
     metrics = age_metrics([r["predicted_years"] for r in ok], [r["reference_years"] for r in ok],
                           [r["sex"] for r in ok])
     counts = Counter(r["status"] for r in rows)
@@ -253,6 +263,7 @@ def evaluate_ages(
                    "unlabelled_images": len(unlabelled)},
         "rejection_reasons": group_reasons([r["reason"] for r in rows if r["status"] == "rejected"]),
         "error_reasons": group_reasons([r["reason"] for r in rows if r["status"] == "error"]),
+        "scored_after_repair": dict(repairs),
         "bone_age": metrics,
         "label_problems": problems,
         "unlabelled_images": unlabelled,
@@ -339,8 +350,10 @@ def format_markdown(res: dict[str, Any]) -> str:
               f"- radiographs in the folder: {c['images']}; usable labels: {c['labels']}, "
               f"{c['evaluated']} of them with a radiograph",
               f"- scored {c['scored']}, rejected {c['rejected']}, error {c['errors']}"]
-    for title, key in (("rejected", "rejection_reasons"), ("errors", "error_reasons")):
-        if res[key]:
+    for title, key in (("rejected", "rejection_reasons"), ("errors", "error_reasons"),
+                       ("scored after a detector repair (check these overlays)",
+                        "scored_after_repair")):
+        if res.get(key):
             lines.append(f"- {title}: " + "; ".join(f"{k} ({n})" for k, n in res[key].items()))
     if res["label_problems"]:
         lines += [f"- label problems ({len(res['label_problems'])}; those lines are left out):"]
