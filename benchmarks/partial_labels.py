@@ -97,6 +97,10 @@ def run_grade(args, work: Path) -> dict:
             runs.append((f"mixed, hand prior weight {weight}", mixed, "mixed",
                          {**base, "training": {**base.get("training", {}),
                                                "hand_prior_weight": weight}}))
+        for weight in (1.0, 3.0):  # mixed: the stage loss's weight (default 6)
+            runs.append((f"mixed, stage loss x{weight:g}", mixed, "mixed",
+                         {**base, "training": {**base.get("training", {}),
+                                               "mixed_stage_weight": weight}}))
     rows = []
     for i, (name, manifest, supervision, recipe) in enumerate(runs):
         if args.only and i not in args.only:

@@ -164,6 +164,11 @@ def test_mixed_terms_count_each_image_once_or_each_term_once():
     for w in ("image", "term"):
         assert float(combine_terms(stage, age, staged=0, aged=4, batch=4, weighting=w)) == \
             pytest.approx(2.0 * (w == "term") + 0.5)
+    # the stage term's weight multiplies it in both forms
+    got = combine_terms(stage, age, staged=1, aged=3, batch=4, weighting="image", stage_weight=3.0)
+    assert float(got) == pytest.approx(3.0 * 0.25 * 2.0 + 0.75 * 0.5)
+    got = combine_terms(stage, age, staged=1, aged=3, batch=4, weighting="term", stage_weight=3.0)
+    assert float(got) == pytest.approx(3.0 * 2.0 + 0.5)
     with pytest.raises(ValueError, match="mixed_weighting"):
         combine_terms(stage, age, staged=1, aged=3, batch=4, weighting="batch")
 

@@ -82,6 +82,10 @@ class GradeTraining(_Settings):
     #: batch); ``term``: each term is the mean over its own images (a batch's one or two
     #: stage-labelled images then weigh as much as all its bone-age images together)
     mixed_weighting: Literal["image", "term"] = "image"
+    #: ``mixed`` supervision: the stage loss's weight against the bone-age loss (with
+    #: ``image`` weighting, a stage-labelled image then counts this many bone-age images; 6
+    #: took mixed from 0.88 to 0.69 y on phantoms, 3 to 0.80 y: benchmarks/RESULTS.md)
+    mixed_stage_weight: float = Field(6.0, ge=0)
     #: ``mixed`` supervision: class weights for the stage loss, from the stage-labelled images
     #: only (off by default: from a few images they overweight those images' rare stages;
     #: benchmarks/RESULTS.md, partial labels)

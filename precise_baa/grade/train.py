@@ -15,7 +15,8 @@ labels supervise (``supervision``):
   scorer, against the label) is kept.
 - ``mixed``: the stage loss on images with stages, the bone-age loss on images with a bone
   age (those with stages too), in the same batches, each weighted by its images' share of the
-  batch (``mixed_weighting``); the stage loss without class weights (``mixed_class_weights``);
+  batch (``mixed_weighting``), the stage loss times ``mixed_stage_weight`` (6: a stage-labelled
+  image teaches more than a bone age) and without class weights (``mixed_class_weights``);
   checkpoints as for ``bone-age``.
 
 Images without boxes or masks can get them from trained stages (``boxes_from``: a detector;
@@ -163,14 +164,16 @@ def bone_age_loss(out: GraderOutput, ages: torch.Tensor, sex: torch.Tensor,
 
 
 def combine_terms(stage_term: torch.Tensor, age_term: torch.Tensor, *, staged: int, aged: int,
-                  batch: int, age_weight: float = 1.0, weighting: str = "image") -> torch.Tensor:
+                  batch: int, age_weight: float = 1.0, weighting: str = "image",
+                  stage_weight: float = 1.0) -> torch.Tensor:
     """One batch's loss from its stage term and its bone-age term, each a mean over its own
     images (``staged`` and ``aged`` of the ``batch``). ``image``: each term weighted by its
-    images' share of the batch, so every image counts once; ``term``: the plain sum."""
+    images' share of the batch, so every image counts once; ``term``: the plain sum. The stage
+    term is multiplied by ``stage_weight`` in both."""
     if weighting == "image":
-        return (staged / batch) * stage_term + age_weight * (aged / batch) * age_term
+        return stage_weight * (staged / batch) * stage_term + age_weight * (aged / batch) * age_term
     if weighting == "term":
-        return stage_term + age_weight * age_term
+        return stage_weight * stage_term + age_weight * age_term
     raise ValueError(f"mixed_weighting {weighting!r}: use image or term")
 
 
@@ -445,7 +448,8 @@ def train_grader(
                                          concentration_weight=t.concentration_weight)
                 loss = combine_terms(loss, age_term, staged=int((labels >= 0).any(1).sum()),
                                      aged=int(m.sum()), batch=len(ages), age_weight=t.age_weight,
-                                     weighting=t.mixed_weighting)
+                                     weighting=t.mixed_weighting,
+                                     stage_weight=t.mixed_stage_weight)
         return loss
 
     def validate(model) -> dict[str, float]:
