@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     from tqdm.auto import tqdm
 
     from precise_baa.data import load_coco, prepared_example
-    from precise_baa.detect.anatomy import _iou
+    from precise_baa.detect.anatomy import LOW_SCORE, _iou
     from precise_baa.registry import load_stage
     from precise_baa.synth.dataset import ensure_dataset
 
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
             d = det.detect([im])[0]
             if d.boxes[k] is None:
                 counts[k]["rejected"] += 1
-            elif any(f.code == "roi_low_score" and f.roi == k for f in d.flags):
+            elif any(f.code == LOW_SCORE and f.roi == k for f in d.flags):
                 counts[k]["rescued"] += 1
                 ious[k].append(_iou(d.boxes[k], b))
             else:

@@ -193,6 +193,7 @@ def evaluate_ages(
 
     Writes the files the module docstring lists into ``out_dir`` and returns the JSON data.
     """
+    from ..detect.anatomy import LOW_SCORE
     from ..evaluation import age_metrics, age_plots
     from ..paths import display_path
     from ..pipeline import MIRRORED_BY_DETECTION
@@ -249,7 +250,7 @@ def evaluate_ages(
         for f in done[r["id"]].flags:
             if f.code == MIRRORED_BY_DETECTION:
                 repairs["assessed mirrored"] += 1
-            elif f.code == "roi_low_score":
+            elif f.code == LOW_SCORE:
                 repairs[f"{f.roi} from a low-score box"] += 1
     metrics = age_metrics([r["predicted_years"] for r in ok], [r["reference_years"] for r in ok],
                           [r["sex"] for r in ok])

@@ -43,7 +43,6 @@ ROI gets a ``roi_implausible`` flag naming the violated constraints; a ROI witho
 from __future__ import annotations
 
 import itertools
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -53,8 +52,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..interfaces import Detections
 from ..rois import ROI_BY_KEY, ROI_KEYS
 from ..schemas import Box, Flag
-from .geometry import fits
+from .geometry import box_side, fits
 
+#: flag code of a ROI filled from a box below the score threshold (:func:`rescue_missing`)
+LOW_SCORE = "roi_low_score"
 FOREARM = ("radius", "ulna")
 #: ROI keys of each ray (digit), wrist -> fingertip
 RAYS: dict[int, tuple[str, ...]] = {
@@ -209,10 +210,6 @@ def _iou(a: Box, b: Box) -> float:
     return inter / union if union > 0 else 0.0
 
 
-def _side(b: Box) -> float:
-    return math.sqrt(max(b.width, 0.0) * max(b.height, 0.0))
-
-
 def _order_pairs() -> list[tuple[str, str, str]]:
     """``(a, b, kind)``: ``a`` must be proximal (kind ``axial``) / thumb-side (``lateral``) of ``b``."""
     out: list[tuple[str, str, str]] = []
@@ -257,9 +254,9 @@ def _reasons(boxes: Mapping[str, Box | None], params: AnatomyParams) -> dict[str
     reasons: dict[str, list[str]] = {}
     present = [k for k in ROI_KEYS if boxes.get(k) is not None]
     if params.enabled and len(present) >= params.min_boxes:
-        median = float(np.median([_side(boxes[k]) for k in present]))  # type: ignore[arg-type]
+        median = float(np.median([box_side(boxes[k]) for k in present]))  # type: ignore[arg-type]
         for k in present:
-            ratio = _side(boxes[k]) / median if median > 0 else 1.0  # type: ignore[arg-type]
+            ratio = box_side(boxes[k]) / median if median > 0 else 1.0  # type: ignore[arg-type]
             if not 1.0 / params.size_factor <= ratio <= params.size_factor:
                 reasons.setdefault(k, []).append(
                     f"box size {ratio:.2g} x the median ROI size (allowed 1/{params.size_factor:g}"
@@ -398,7 +395,7 @@ def rescue_missing(
             if fits(out, k, box, floors, params.rescue_sd) \
                     and not _reasons({**out, k: box}, params):
                 out[k], sc[k] = box, s
-                flags.append(Flag(code="roi_low_score", stage="detect", roi=k,
+                flags.append(Flag(code=LOW_SCORE, stage="detect", roi=k,
                                   message=f"{ROI_BY_KEY[k].name}: no box scored above the "
                                           f"threshold; a lower-scoring box (score {s:.2f}) that "
                                           f"fits the hand is used; review this ROI"))
@@ -473,10 +470,10 @@ def detections_from_raw(bboxes: np.ndarray, scores: np.ndarray, labels: np.ndarr
                             max_per_class=max_candidates)
     boxes, best, notes = choose_boxes(cands, params)
     if rescue_threshold is not None and rescue_threshold < score_threshold:
-        keep = np.asarray(scores).reshape(-1) < score_threshold
-        low = rank_candidates(np.asarray(bboxes).reshape(-1, 4)[keep],
-                              np.asarray(scores).reshape(-1)[keep],
-                              np.asarray(labels).reshape(-1)[keep],
+        scores = np.asarray(scores).reshape(-1)
+        below = scores < score_threshold  # the boxes the choice above did not see
+        low = rank_candidates(np.asarray(bboxes).reshape(-1, 4)[below], scores[below],
+                              np.asarray(labels).reshape(-1)[below],
                               score_threshold=rescue_threshold, max_per_class=max_candidates)
         boxes, best, rescued = rescue_missing(boxes, best, low, params, max_missing=rescue_max)
         notes = [*notes, *rescued]

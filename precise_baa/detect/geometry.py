@@ -39,8 +39,9 @@ ANCHORS: dict[str, tuple[str, str]] = {
 }
 
 
-def _side(b: Box) -> float:
-    return math.sqrt(max(b.width, 1e-9) * max(b.height, 1e-9))
+def box_side(b: Box) -> float:
+    """The square root of a box's area (0 for an empty box): its size on one scale."""
+    return math.sqrt(max(b.width, 0.0) * max(b.height, 0.0))
 
 
 def local_coords(boxes: Mapping[str, Box | None], key: str, box: Box | None = None) -> np.ndarray | None:
@@ -62,7 +63,7 @@ def local_coords(boxes: Mapping[str, Box | None], key: str, box: Box | None = No
     perp = np.array([u[1], -u[0]])  # image y grows downwards: this is u turned towards the thumb
     v = pc - pa
     return np.array([float(v @ u) / n, float(v @ perp) / n,
-                     math.log(_side(c) / (0.5 * (_side(a) + _side(b))))])
+                     math.log(max(box_side(c), 1e-9) / max(0.5 * (box_side(a) + box_side(b)), 1e-9))])
 
 
 def fit(hands: Sequence[Mapping[str, Box]]) -> dict[str, dict[str, list[float]]]:
