@@ -469,7 +469,8 @@ def detections_from_raw(bboxes: np.ndarray, scores: np.ndarray, labels: np.ndarr
     cands = rank_candidates(bboxes, scores, labels, score_threshold=score_threshold,
                             max_per_class=max_candidates)
     boxes, best, notes = choose_boxes(cands, params)
-    if rescue_threshold is not None and rescue_threshold < score_threshold:
+    if rescue_threshold is not None and rescue_threshold < score_threshold \
+            and any(b is None for b in boxes.values()):
         scores = np.asarray(scores).reshape(-1)
         below = scores < score_threshold  # the boxes the choice above did not see
         low = rank_candidates(np.asarray(bboxes).reshape(-1, 4)[below], scores[below],
