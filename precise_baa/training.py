@@ -288,11 +288,14 @@ def fit(
     higher_is_better: bool = True,
     progress: bool = True,
     grad_clip: float | None = 5.0,
+    select_window: int = 1,
 ) -> FitResult:
     """Train ``model``; write the best weights folder to ``out_dir``, the last to ``out_dir/last``.
 
     ``train_batches(epoch)`` yields batches; ``loss_fn(model, batch)`` returns a scalar tensor;
-    ``validate(model)`` returns metrics including ``metric``.
+    ``validate(model)`` returns metrics including ``metric``. ``select_window``: the best epoch
+    is the one whose ``metric``, averaged over it and the ``select_window - 1`` epochs before
+    it, is best (a noisy validation metric then cannot pick one lucky epoch); 1: its own value.
 
     Under torchrun (see the module docstring) ``loss_fn`` gets the ``DistributedDataParallel``
     wrapper, ``validate`` the model itself, on process 0 only; every process returns the same
@@ -365,7 +368,8 @@ def fit(
         row = {"epoch": epoch + 1, "train_loss": train_loss,
                "seconds": round(time.time() - t0, 1), **metrics}
         history.append(row)
-        value = metrics[metric]
+        recent = [r[metric] for r in history[-max(1, select_window):]]
+        value = float(np.mean(recent))
         improved = value > best if higher_is_better else value < best
         if improved:
             best, best_epoch = value, epoch + 1

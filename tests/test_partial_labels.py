@@ -149,6 +149,20 @@ def test_bone_age_loss_terms():
     assert prior(adult, "soft") > fused["soft"] + 1.0
     with pytest.raises(ValueError, match="hand prior 'x'"):
         bone_age_loss(adult, end, sex, scorer, prior_weight=1.0, prior="x")
+    # prior_mask: the prior on the masked images only (all: as without a mask; none: no prior)
+    two = _toy_out([3, 9])
+    ages, sexes = torch.tensor([6.0, 12.0]), torch.tensor([0, 1])
+
+    def loss(**kw):
+        return float(bone_age_loss(two, ages, sexes, scorer, prior_weight=1.0, **kw).detach())
+
+    one = _toy_out([3])
+    first = float((bone_age_loss(one, ages[:1], sexes[:1], scorer, prior_weight=1.0)
+                   - bone_age_loss(one, ages[:1], sexes[:1], scorer)).detach())
+    plain = float(bone_age_loss(two, ages, sexes, scorer).detach())
+    assert loss(prior_mask=torch.tensor([True, True])) == loss()
+    assert loss(prior_mask=torch.tensor([False, False])) == pytest.approx(plain)
+    assert loss(prior_mask=torch.tensor([True, False])) - plain == pytest.approx(first, rel=1e-5)
 
 
 def test_mixed_terms_count_each_image_once_or_each_term_once():
@@ -194,6 +208,8 @@ def test_soft_prior_prefers_the_stage_at_the_level():
                                        - bone_age_loss(out, ages, sex, scorer)))
             best = int(np.argmin(costs))
             assert best == int(np.argmin(np.abs(frac - level)))
+            target = scorer.level_target(i, scorer.level(ages, sex), sex, 0.05)
+            assert int(target.argmax()) == best and float(target.sum()) == pytest.approx(1.0)
             assert costs[0] > costs[best] and costs[-1] > costs[best] or best in (0, len(frac) - 1)
 
 
@@ -375,3 +391,29 @@ def test_detector_self_training_adds_pseudo_labelled_images(tmp_path, cli):
             "--init-weights", "weights/detect-detectors-lite",
             "--unlabelled", str(tmp_path / "unl" / "images"), "--pseudo-threshold", "1.0")
     assert r.returncode == 2 and "lower --pseudo-threshold" in r.stderr
+
+
+@pytest.mark.parametrize("window, best_epoch", [(1, 2), (3, 6)])
+def test_best_epoch_by_a_trailing_mean_of_the_validation_metric(tmp_path, window, best_epoch):
+    """A bone-age-supervised run chooses its epoch by the validation error averaged over
+    ``age_select_window`` epochs: one lucky epoch (here the 2nd) is not kept over a stretch of
+    good ones; window 1 keeps it. The weights written are those of the chosen epoch."""
+    from precise_baa.training import fit
+    from precise_baa.weights import load_weights
+
+    model = torch.nn.Linear(1, 1)
+    errors = iter([5.0, 1.0, 4.0, 2.0, 2.0, 2.0])
+
+    def loss_fn(m, batch):
+        return (m(batch) - 1.0).pow(2).mean()
+
+    res = fit(model, lambda epoch: [torch.ones(4, 1)], loss_fn,
+              lambda m: {"err": next(errors), "weight": float(m.weight)}, metric="err",
+              out_dir=tmp_path / "w", recipe={"stage": "grade"}, epochs=6, lr=0.1,
+              steps_per_epoch=1, higher_is_better=False, progress=False,
+              select_window=window)
+    assert res.best_epoch == best_epoch
+    assert res.best_metric == pytest.approx(1.0 if window == 1 else 2.0)
+    saved = load_weights(tmp_path / "w")
+    assert saved.card["metrics"]["epoch"] == best_epoch
+    assert float(saved.state_dict["weight"]) == pytest.approx(res.history[best_epoch - 1]["weight"])

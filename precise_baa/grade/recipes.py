@@ -77,6 +77,16 @@ class GradeTraining(_Settings):
     hand_prior: Literal["soft", "l2"] = "soft"
     hand_prior_sd: float = Field(0.05, gt=0, le=1)
     concentration_weight: float = Field(0.05, ge=0)
+    #: ``mixed`` supervision: the hand prior also on images with stage labels. Off: their
+    #: labels say where each bone is, and the prior, which stands in for those labels where
+    #: there are none, would pull the bones back to the hand's level (on phantoms, 45 epochs:
+    #: mixed 0.70 -> 0.59 y and 0.76 -> 0.57 y in two seeds; benchmarks/RESULTS.md)
+    hand_prior_on_staged: bool = False
+    #: ``bone-age`` / ``mixed`` supervision: the best epoch is chosen by the validation bone-age
+    #: error averaged over this many epochs up to it. A validation split has few ages (60 of
+    #: 400 images), so one epoch's error is noisy; a single lucky dip early in training once
+    #: kept a model 0.2 y worse than the last epoch's on phantoms
+    age_select_window: int = Field(3, ge=1)
     #: ``mixed`` supervision: how the stage loss and the bone-age loss of one batch are added.
     #: ``image``: each image counts once (each term weighted by its images' share of the
     #: batch); ``term``: each term is the mean over its own images (a batch's one or two

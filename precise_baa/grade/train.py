@@ -12,9 +12,10 @@ labels supervise (``supervision``):
   into expected points, a maturity score and a bone age; the loss is Huber between that age and
   the label, plus two terms that keep the heads meaningful as stages (:func:`bone_age_loss`).
   The checkpoint with the lowest validation bone-age error (argmax stages scored by the table
-  scorer, against the label) is kept.
+  scorer, against the label), averaged over ``age_select_window`` epochs up to it, is kept.
 - ``mixed``: the stage loss on images with stages, the bone-age loss on images with a bone
-  age (those with stages too), in the same batches, each weighted by its images' share of the
+  age (those with stages too, but the hand prior only where there are no stages:
+  ``hand_prior_on_staged``), in the same batches, each weighted by its images' share of the
   batch (``mixed_weighting``), the stage loss times ``mixed_stage_weight`` (6: a stage-labelled
   image teaches more than a bone age) and without class weights (``mixed_class_weights``);
   checkpoints as for ``bone-age``.
@@ -115,7 +116,8 @@ def grade_loss(out: GraderOutput, labels: torch.Tensor, weights: Sequence[torch.
 def bone_age_loss(out: GraderOutput, ages: torch.Tensor, sex: torch.Tensor,
                   scorer: DifferentiableScorer, *, delta: float = 1.0,
                   prior_weight: float = 0.0, prior: str = "soft", prior_sd: float = 0.05,
-                  concentration_weight: float = 0.0) -> torch.Tensor:
+                  concentration_weight: float = 0.0,
+                  prior_mask: torch.Tensor | None = None) -> torch.Tensor:
     """Huber between the bone age of the heads' stage probabilities and ``ages`` (years), plus:
 
     - the hand prior, ``prior_weight`` x a penalty on each ROI straying from the hand's level,
@@ -133,26 +135,27 @@ def bone_age_loss(out: GraderOutput, ages: torch.Tensor, sex: torch.Tensor,
       a high stage would score like the middle one; the variance keeps the heads unimodal on
       neighbouring stages, so their argmax is a stage.
 
-    ``out`` and the other tensors hold only the images supervised by bone age.
+    ``out`` and the other tensors hold only the images supervised by bone age; ``prior_mask``
+    ``[B]`` (bool), when given, limits the hand prior to those images (the prior's mean is
+    over them; none: no prior term).
     """
     probs = [lg.float().softmax(-1) for lg in out.logits]
     pred = scorer(probs, sex)
     loss = F.huber_loss(pred, ages.float(), delta=delta)
-    if prior_weight:
+    if prior not in ("soft", "l2"):
+        raise ValueError(f"hand prior {prior!r}: use soft or l2")
+    keep = torch.ones_like(ages, dtype=torch.bool) if prior_mask is None else prior_mask.bool()
+    if prior_weight and bool(keep.any()):
         level = scorer.level(ages.float(), sex)
         if prior == "l2":
             frac = scorer.fractions(probs, sex)
-            loss = loss + prior_weight * (frac - level[:, None]).pow(2).sum(1).mean()
-        elif prior == "soft":
-            terms = []
-            for i, lg in enumerate(out.logits):
-                table = scorer.points(i).to(level.dtype)[sex.long()]  # [B, stages]
-                frac = table / table[:, -1:]
-                target = (-(frac - level[:, None]).pow(2) / (2 * prior_sd ** 2)).softmax(-1)
-                terms.append(-(target * lg.float().log_softmax(-1)).sum(-1).mean())
-            loss = loss + prior_weight * torch.stack(terms).mean()
+            term = (frac - level[:, None]).pow(2).sum(1)[keep].mean()
         else:
-            raise ValueError(f"hand prior {prior!r}: use soft or l2")
+            term = torch.stack([
+                -(scorer.level_target(i, level, sex, prior_sd)
+                  * lg.float().log_softmax(-1)).sum(-1)[keep].mean()
+                for i, lg in enumerate(out.logits)]).mean()
+        loss = loss + prior_weight * term
     if concentration_weight:
         var = []
         for p in probs:
@@ -442,10 +445,13 @@ def train_grader(
             m = torch.isfinite(ages)
             if bool(m.any()):
                 sub = GraderOutput([lg[m] for lg in out.logits], None)
+                staged = (labels >= 0).any(1)
                 age_term = bone_age_loss(sub, ages[m], sex[m], scorer, delta=t.age_huber_delta,
                                          prior_weight=t.hand_prior_weight,
                                          prior=t.hand_prior, prior_sd=t.hand_prior_sd,
-                                         concentration_weight=t.concentration_weight)
+                                         concentration_weight=t.concentration_weight,
+                                         prior_mask=None if t.hand_prior_on_staged
+                                         else ~staged[m])
                 loss = combine_terms(loss, age_term, staged=int((labels >= 0).any(1).sum()),
                                      aged=int(m.sum()), batch=len(ages), age_weight=t.age_weight,
                                      weighting=t.mixed_weighting,
@@ -486,13 +492,15 @@ def train_grader(
                           "stage_histogram": stage_histogram(staged, recipe.standard)},
         "training": {**t.model_dump(), "device": device},
         "metric": ("bone_age_mae_vs_label: validation bone age of the argmax stages (table "
-                   "scorer) against the label, years (lower is better)") if by_age else
+                   "scorer) against the label, years (lower is better); the best epoch by its "
+                   f"mean over {t.age_select_window} epochs up to it") if by_age else
                   "mean_accuracy: validation exact stage accuracy averaged over the 13 ROIs",
         **input_card(recipe),
     }
     return fit(model, loaders.batches, loss_fn, validate, metric=metric, out_dir=out_dir,
                recipe=recipe, card=card, epochs=t.epochs, lr=t.lr, weight_decay=t.weight_decay,
                device=device, steps_per_epoch=len(train_loader), progress=progress,
+               select_window=t.age_select_window if by_age else 1,
                higher_is_better=not by_age)
 
 

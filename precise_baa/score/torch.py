@@ -131,6 +131,16 @@ class DifferentiableScorer(nn.Module):
         top = torch.stack([self.points(i)[:, -1] for i in range(len(ROI_KEYS))], 1).sum(1)
         return self.score_at_age(ages, sex) / top.to(ages.dtype)[sex.long()]
 
+    def level_target(self, roi: int, level: torch.Tensor, sex: torch.Tensor,
+                     sd: float) -> torch.Tensor:
+        """``[B, stages]`` ROI ``roi``'s stage distribution for a bone at the hand's ``level``
+        ``[B]`` (:meth:`level`): each stage weighted by ``exp(-(its points fraction - level)^2
+        / 2 sd^2)``, normalised. Unimodal and ordinal; its argmax is the stage whose points
+        fraction is nearest the level."""
+        table = self.points(roi).to(level.dtype)[sex.long()]  # [B, stages]
+        frac = table / table[:, -1:]
+        return (-(frac - level[:, None]).pow(2) / (2 * sd ** 2)).softmax(-1)
+
     def forward(self, probs: Sequence[torch.Tensor], sex: torch.Tensor) -> torch.Tensor:
         """``[B]`` bone age (years) from 13 stage-probability tensors ``[B, stages]``."""
         return self.bone_age(self.maturity_score(probs, sex), sex)
