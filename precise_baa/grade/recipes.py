@@ -79,8 +79,9 @@ class GradeTraining(_Settings):
     concentration_weight: float = Field(0.05, ge=0)
     #: ``mixed`` supervision: the hand prior also on images with stage labels. Off: their
     #: labels say where each bone is, and the prior, which stands in for those labels where
-    #: there are none, would pull the bones back to the hand's level (on phantoms, 45 epochs:
-    #: mixed 0.70 -> 0.59 y and 0.76 -> 0.57 y in two seeds; benchmarks/RESULTS.md)
+    #: there are none, would pull the bones back to the hand's level (on phantoms, 45 epochs,
+    #: three seeds: mixed 0.75 y with it, 0.64 y without and age_select_window 3, full
+    #: supervision 0.60 y; benchmarks/RESULTS.md)
     hand_prior_on_staged: bool = False
     #: ``bone-age`` / ``mixed`` supervision: the best epoch is chosen by the validation bone-age
     #: error averaged over this many epochs up to it. A validation split has few ages (60 of
@@ -94,7 +95,7 @@ class GradeTraining(_Settings):
     mixed_weighting: Literal["image", "term"] = "image"
     #: ``mixed`` supervision: the stage loss's weight against the bone-age loss (with
     #: ``image`` weighting, a stage-labelled image then counts this many bone-age images; 6
-    #: took mixed from 0.88 to 0.69 y on phantoms, 3 to 0.80 y: benchmarks/RESULTS.md)
+    #: took mixed from 0.88 to 0.69 y on phantoms at 30 epochs, 3 to 0.80 y: RESULTS.md)
     mixed_stage_weight: float = Field(6.0, ge=0)
     #: ``mixed`` supervision: class weights for the stage loss, from the stage-labelled images
     #: only (off by default: from a few images they overweight those images' rare stages;
