@@ -87,7 +87,7 @@ def level_only(test: Path, standard: str) -> dict:
             continue
         sex = torch.tensor([SEXES.index(r.sex)])
         level = scorer.level(torch.tensor([float(r.bone_age)], dtype=torch.float64), sex)
-        pred.append({k: int(scorer.level_target(i, level, sex, 0.05).argmax())
+        pred.append({k: int(scorer.level_target(i, level, sex, 0.05).argmax())  # any sd
                      for i, k in enumerate(ROI_KEYS)})
         true.append(stages)
         sexes.append(r.sex)

@@ -445,14 +445,14 @@ def train_grader(
             m = torch.isfinite(ages)
             if bool(m.any()):
                 sub = GraderOutput([lg[m] for lg in out.logits], None)
-                staged = (labels >= 0).any(1)
+                has_stages = (labels >= 0).any(1)
                 age_term = bone_age_loss(sub, ages[m], sex[m], scorer, delta=t.age_huber_delta,
                                          prior_weight=t.hand_prior_weight,
                                          prior=t.hand_prior, prior_sd=t.hand_prior_sd,
                                          concentration_weight=t.concentration_weight,
                                          prior_mask=None if t.hand_prior_on_staged
-                                         else ~staged[m])
-                loss = combine_terms(loss, age_term, staged=int((labels >= 0).any(1).sum()),
+                                         else ~has_stages[m])
+                loss = combine_terms(loss, age_term, staged=int(has_stages.sum()),
                                      aged=int(m.sum()), batch=len(ages), age_weight=t.age_weight,
                                      weighting=t.mixed_weighting,
                                      stage_weight=t.mixed_stage_weight)
