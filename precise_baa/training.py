@@ -296,6 +296,8 @@ def fit(
     ``validate(model)`` returns metrics including ``metric``. ``select_window``: the best epoch
     is the one whose ``metric``, averaged over it and the ``select_window - 1`` epochs before
     it, is best (a noisy validation metric then cannot pick one lucky epoch); 1: its own value.
+    The first ``select_window - 1`` epochs average the fewer epochs there are. ``best_metric``
+    is that average, not the best epoch's own value (``history`` has both).
 
     Under torchrun (see the module docstring) ``loss_fn`` gets the ``DistributedDataParallel``
     wrapper, ``validate`` the model itself, on process 0 only; every process returns the same

@@ -149,20 +149,28 @@ def test_bone_age_loss_terms():
     assert prior(adult, "soft") > fused["soft"] + 1.0
     with pytest.raises(ValueError, match="hand prior 'x'"):
         bone_age_loss(adult, end, sex, scorer, prior_weight=1.0, prior="x")
-    # prior_mask: the prior on the masked images only (all: as without a mask; none: no prior)
+    # prior_mask: the prior averaged over the masked images only (none masked: no prior),
+    # against each image's prior computed on its own
     two = _toy_out([3, 9])
     ages, sexes = torch.tensor([6.0, 12.0]), torch.tensor([0, 1])
+    for kind in ("soft", "l2"):
+        def loss(o, a, s, kind=kind, **kw):
+            return float(bone_age_loss(o, a, s, scorer, prior=kind, **kw).detach())
 
-    def loss(**kw):
-        return float(bone_age_loss(two, ages, sexes, scorer, prior_weight=1.0, **kw).detach())
-
-    one = _toy_out([3])
-    first = float((bone_age_loss(one, ages[:1], sexes[:1], scorer, prior_weight=1.0)
-                   - bone_age_loss(one, ages[:1], sexes[:1], scorer)).detach())
-    plain = float(bone_age_loss(two, ages, sexes, scorer).detach())
-    assert loss(prior_mask=torch.tensor([True, True])) == loss()
-    assert loss(prior_mask=torch.tensor([False, False])) == pytest.approx(plain)
-    assert loss(prior_mask=torch.tensor([True, False])) - plain == pytest.approx(first, rel=1e-5)
+        alone = []
+        for i, idx in enumerate((3, 9)):
+            one, a, s = _toy_out([idx]), ages[i:i + 1], sexes[i:i + 1]
+            alone.append(loss(one, a, s, prior_weight=1.0) - loss(one, a, s))
+        assert min(alone) > 1e-3 and abs(alone[0] - alone[1]) > 1e-3  # distinct, not zero
+        plain = loss(two, ages, sexes)
+        masked = {m: loss(two, ages, sexes, prior_weight=1.0, prior_mask=torch.tensor(m)) - plain
+                  for m in ((True, True), (True, False), (False, True), (False, False))}
+        assert masked[(True, True)] == pytest.approx(np.mean(alone), rel=1e-5)
+        assert loss(two, ages, sexes, prior_weight=1.0) - plain == pytest.approx(np.mean(alone),
+                                                                              rel=1e-5)
+        assert masked[(True, False)] == pytest.approx(alone[0], rel=1e-5)
+        assert masked[(False, True)] == pytest.approx(alone[1], rel=1e-5)
+        assert masked[(False, False)] == pytest.approx(0.0, abs=1e-7)
 
 
 def test_mixed_terms_count_each_image_once_or_each_term_once():
@@ -305,6 +313,44 @@ def test_mixed_uses_stages_where_present(phantoms, tmp_path):
     assert set(sup.reference_ages) == {r.id for r in recs}  # validation reads every bone age
     only_age = supervised_records(recs, recipe, "bone-age", "m")
     assert not any(only_age.use_stages.values()) and len(only_age.ages) == 8
+
+
+def test_mixed_training_keeps_the_prior_off_staged_images(phantoms, tmp_path, monkeypatch):
+    """The wiring of mixed supervision: the bone-age loss gets the images without stage labels
+    as its prior mask (the recipe's hand_prior_on_staged off), and fit chooses the epoch over
+    age_select_window epochs."""
+    import precise_baa.grade.train as gt
+
+    coco = _strip(phantoms, phantoms.parent / "mixed-wiring.json", keep_ids=(1, 2, 3, 4))
+    staged_ids = {1, 2, 3, 4}
+    masks, windows, real_loss, real_fit = [], [], gt.bone_age_loss, gt.fit
+
+    def spy_loss(out, ages, sex, scorer, **kw):
+        masks.append((ages.clone(), kw["prior_mask"]))
+        return real_loss(out, ages, sex, scorer, **kw)
+
+    def spy_fit(*a, **kw):
+        windows.append(kw["select_window"])
+        return real_fit(*a, **kw)
+
+    monkeypatch.setattr(gt, "bone_age_loss", spy_loss)
+    monkeypatch.setattr(gt, "fit", spy_fit)
+    gt.train_grader(RECIPES / "grade-densenet-tiny.yaml", coco, phantoms.parent / "images",
+                    tmp_path / "w", epochs=1, val_fraction=0.25, device="cpu",
+                    supervision="mixed", progress=False, batch_size=8)
+    assert windows == [3]
+    images = json.loads(coco.read_text())["images"]
+    known = np.array([im["bone_age"] for im in images])
+    assert np.diff(np.sort(known)).min() > 1e-3  # the phantoms' bone ages tell them apart
+    seen = {}
+    for ages, mask in masks:
+        assert mask is not None and mask.dtype == torch.bool and len(mask) == len(ages)
+        for a, m in zip(ages.tolist(), mask.tolist()):
+            i = int(np.abs(known - a).argmin())
+            assert abs(known[i] - a) < 1e-4
+            seen[images[i]["id"]] = m
+    assert seen and all(m == (i not in staged_ids) for i, m in seen.items())
+    assert set(seen.values()) == {True, False}  # the batches held both kinds
 
 
 def test_bad_manifests_say_what_is_wrong(phantoms, tmp_path, cli):

@@ -62,9 +62,13 @@ def run_train(args: argparse.Namespace) -> int:
                        cache=not args.no_cache, init_weights=args.init_weights,
                        progress=not args.quiet, supervision=args.supervision,
                        boxes_from=args.boxes_from, segment=args.segment)
-    what = "mean accuracy" if args.supervision == "stages" else "val bone-age MAE (y)"
-    print(f"best {what} {res.best_metric:.4f} at epoch {res.best_epoch}; "
-          f"weights in {res.out_dir} ({res.seconds:.0f} s)")
+    if args.supervision == "stages":
+        what = f"best mean accuracy {res.best_metric:.4f} at epoch {res.best_epoch}"
+    else:  # chosen by the error averaged over the epochs up to it (age_select_window)
+        own = res.history[res.best_epoch - 1]["bone_age_mae_vs_label"]
+        what = (f"best epoch {res.best_epoch}: val bone-age MAE {own:.4f} y (averaged with "
+                f"the epochs before it, as chosen: {res.best_metric:.4f} y)")
+    print(f"{what}; weights in {res.out_dir} ({res.seconds:.0f} s)")
     return 0
 
 

@@ -136,16 +136,19 @@ def bone_age_loss(out: GraderOutput, ages: torch.Tensor, sex: torch.Tensor,
       neighbouring stages, so their argmax is a stage.
 
     ``out`` and the other tensors hold only the images supervised by bone age; ``prior_mask``
-    ``[B]`` (bool), when given, limits the hand prior to those images (the prior's mean is
-    over them; none: no prior term).
+    ``[B]`` (bool), when given, limits the hand prior to those images: the prior is averaged
+    over the masked images only (so its weight per image does not shrink with the mask), and
+    no image masked: no prior term. The mask is per image, not per ROI: mixed training masks
+    out every image with a stage label, so an image labelled on some ROIs only has no prior
+    on its unlabelled ROIs either (the bone-age term still trains them).
     """
     probs = [lg.float().softmax(-1) for lg in out.logits]
     pred = scorer(probs, sex)
     loss = F.huber_loss(pred, ages.float(), delta=delta)
     if prior not in ("soft", "l2"):
         raise ValueError(f"hand prior {prior!r}: use soft or l2")
-    keep = torch.ones_like(ages, dtype=torch.bool) if prior_mask is None else prior_mask.bool()
-    if prior_weight and bool(keep.any()):
+    keep = slice(None) if prior_mask is None else prior_mask.bool()
+    if prior_weight and (prior_mask is None or bool(keep.any())):
         level = scorer.level(ages.float(), sex)
         if prior == "l2":
             frac = scorer.fractions(probs, sex)
